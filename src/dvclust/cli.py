@@ -1,0 +1,148 @@
+"""`dvclust fit | predict | evaluate`: a thin layer over run.py that turns errors into one line."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch.distributed as tdist
+import typer
+
+from .config import Config
+from .data import ReadOptions
+from .errors import DVClustError
+from .run import DataSource, fit_run, load_run, predictions, read_run_config, run_source, \
+    write_labels, write_metrics
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deep Variational Clustering: label large image collections by clusters.")
+
+
+def clean_errors(fn):
+    """Bad input ends in one line on stderr (exit 2), never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DVClustError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            typer.secho("interrupted: the last finished epoch is saved; continue with "
+                        "`dvclust fit ... --resume`", fg="yellow", err=True)
+            raise typer.Exit(130)
+    return wrapper
+
+
+def parse_sets(sets: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for s in sets:
+        if "=" not in s:
+            raise DVClustError(f"--set {s!r}: expected KEY=VALUE")
+        k, v = s.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+@app.command()
+@clean_errors
+def fit(
+    data: str = typer.Argument(..., help="'digits', an MNIST idx folder, a MedMNIST .npz, or a .npy/.npz array"),
+    clusters: int = typer.Option(..., "--clusters", "-k", help="number of clusters K"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder for every output"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    split: str = typer.Option("all", help="splits to use: train, val, test (comma-joined) or all"),
+    sets: List[str] = typer.Option([], "--set", help="override one config key: --set gamma=0.2"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    size: int = typer.Option(64, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE"),
+    resize: str = typer.Option("pad", help="image folders/DICOM/NIfTI: 'pad' to square or 'crop' the centre"),
+    channels: int = typer.Option(1, help="image folders/DICOM/NIfTI: 1 (gray) or 3 (RGB)"),
+    folder_labels: bool = typer.Option(True, help="class subfolder names as known labels"),
+    axis: int = typer.Option(2, help="NIfTI: slice axis"),
+    slices: str = typer.Option("::", help="NIfTI: slices start:stop:step"),
+    clip: tuple[float, float] = typer.Option((0.5, 99.5), help="NIfTI: clip intensity percentiles"),
+    store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
+    workers: Optional[int] = typer.Option(None, help="processes for preprocessing (default: all cores)"),
+):
+    """Train DVC on DATA and write labels, model, config, history and metrics into --out."""
+    if resume and config is None and (out / "config.yaml").exists():
+        cfg, _ = read_run_config(out)
+    else:
+        cfg = Config.from_yaml(config) if config else Config()
+    changes = {"n_clusters": clusters, **parse_sets(sets)}
+    if seed is not None:
+        changes["seed"] = seed
+    cfg = cfg.replace(**changes)
+    t0 = time.time()
+    source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
+                                                 slices, tuple(clip)), store)
+    dataset = source.load(workers, verbose=not quiet)
+    model, m = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet)
+    if model._dist.is_main:
+        sizes = ", ".join(str(int((model.labels_ == j).sum())) for j in range(cfg.n_clusters))
+        typer.echo(f"\nclustered {len(dataset)} images into {cfg.n_clusters} clusters "
+                   f"(sizes {sizes}) in {time.time() - t0:.0f}s")
+        if m:
+            typer.echo(f"against the known labels: ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  "
+                       f"ARI {m['ari']:.4f}")
+        if dataset.skipped:
+            typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
+                       f"{out / 'skipped.csv'}")
+        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, history.csv"
+                   + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+@app.command()
+@clean_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    data: str = typer.Argument(..., help="images to label (same size and channels as the run's)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="CSV to write (default RUN_DIR/predictions.csv)"),
+    split: str = typer.Option("all", help="splits to use, as in fit"),
+    device: Optional[str] = typer.Option(None, help="device for inference (default: the run's)"),
+):
+    """Label new images with a trained run: cluster, confidence and outlier score per image."""
+    model = load_run(run_dir, device)
+    # the run's own preprocessing, so that new images look like the ones it was trained on
+    dataset = run_source(run_dir).with_data(data, split).load(verbose=True)
+    out = out or run_dir / "predictions.csv"
+    pred = predictions(model, dataset)
+    write_labels(out, dataset, pred)
+    typer.echo(f"labelled {len(dataset)} images -> {out}")
+
+
+@app.command()
+@clean_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    data: Optional[str] = typer.Argument(None, help="labelled data (default: the run's own)"),
+):
+    """Score a run's clusters against known labels: ACC, NMI, ARI, per-class recall."""
+    model = load_run(run_dir)
+    source = run_source(run_dir)
+    if data is not None:
+        source = source.with_data(data, "all")
+    dataset = source.load(verbose=False)
+    if dataset.labels is None:
+        raise DVClustError(f"{source.path}: holds no known labels to evaluate against")
+    m = write_metrics(run_dir / "metrics.json", dataset.labels, model.predict(dataset))
+    typer.echo(json.dumps({k: m[k] for k in ("acc", "nmi", "ari", "per_class_recall")}, indent=2))
+    typer.echo(f"written to {run_dir / 'metrics.json'}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The resolved configuration of a run: one flat dataclass, YAML in and out, unknown keys rejected.
+
+Flat on purpose: the estimator's keyword arguments, the YAML file and the checkpoint all use the
+same names, so there is one place to read what a knob means.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DVClustError
+
+
+@dataclass
+class Config:
+    # --- problem -------------------------------------------------------------------------------
+    n_clusters: int = 10
+    seed: int = 0
+    # --- model (DESIGN.md §1) -------------------------------------------------------------------
+    latent_dim: int = 10
+    base_channels: int = 32          # width of the first conv block; doubles per block, capped at 256
+    likelihood: str = "bernoulli"    # "bernoulli" (BCE with logits) or "gaussian" (MSE, unit variance)
+    # --- optimisation --------------------------------------------------------------------------
+    batch_size: int = 256
+    lr: float = 1e-3
+    beta: float = 1.0                # weight of KL(q(z|x) || N(0, I))
+    # Reconstruction reduction over pixels. "mean" divides the whole ELBO by C*H*W, so that gamma
+    # weighs the clustering KL against a per-pixel reconstruction as IDEC does (the DESIGN's measured
+    # hint: with "sum", gamma=0.1 leaves the labels unchanged). Adam makes phase 1 indifferent to it.
+    recon_reduction: str = "mean"
+    # Random shifts/rotations of each batch (DEC-DA): MNIST-70k ACC 0.81 -> 0.96 (bench/RESULTS.md).
+    # "auto" turns it on for images of at least 16 px a side: resampling an 8x8 image blurs away
+    # the very strokes it should preserve (digits: ACC 0.71 without, 0.64 with).
+    augment: bool | str = "auto"
+    # --- phase 1: variational pretraining ------------------------------------------------------
+    pretrain_epochs: int = 50        # maximum
+    patience: int = 5                # epochs without a relative improvement of min_delta
+    min_delta: float = 1e-3
+    # --- phase 2: k-means initialisation -------------------------------------------------------
+    kmeans_n_init: int = 10
+    kmeans_max_samples: int = 100_000  # above this, k-means runs on a random sample of the latents
+    # --- phase 3: joint self-training ----------------------------------------------------------
+    cluster_epochs: int = 50         # maximum
+    gamma: float = 0.1               # weight of KL(P || Q)
+    alpha: float = 1.0               # Student-t degrees of freedom
+    update_interval: int = 1         # epochs between recomputations of the target P
+    tol: float = 0.001               # stop when fewer than this fraction of labels change
+    prior_kl_in_clustering: bool = True  # the authors' script drops it (False)
+    q_from: str = "mean"             # "mean" (posterior mean) or "sample" (the authors' script)
+    # --- runtime -------------------------------------------------------------------------------
+    device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
+    num_threads: int = 0             # torch CPU threads; 0 keeps torch's default
+    precision: str = "auto"          # "auto" (bf16 autocast on CUDA), "fp32", "bf16"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, what: str) -> None:
+            if not cond:
+                raise DVClustError(f"config: {key}={getattr(self, key)!r} is invalid: {what}")
+
+        for key in ("n_clusters", "latent_dim", "base_channels", "batch_size", "kmeans_n_init",
+                    "update_interval", "kmeans_max_samples"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
+                 "expected an integer >= 1")
+        for key in ("pretrain_epochs", "cluster_epochs", "patience", "num_threads", "seed"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key,
+                 "expected an integer >= 0")
+        for key in ("lr", "alpha"):
+            need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
+        for key in ("beta", "gamma", "tol", "min_delta"):
+            need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
+        need(self.likelihood in ("bernoulli", "gaussian"), "likelihood", "use 'bernoulli' or 'gaussian'")
+        need(self.recon_reduction in ("mean", "sum"), "recon_reduction", "use 'mean' or 'sum'")
+        need(self.q_from in ("mean", "sample"), "q_from", "use 'mean' or 'sample'")
+        need(self.precision in ("auto", "fp32", "bf16"), "precision", "use 'auto', 'fp32' or 'bf16'")
+        need(isinstance(self.prior_kl_in_clustering, bool), "prior_kl_in_clustering",
+             "expected true or false")
+        need(self.augment in (True, False, "auto"), "augment", "expected true, false or 'auto'")
+
+    def augment_for(self, shape: tuple[int, int, int]) -> bool:
+        return bool(self.augment) if self.augment != "auto" else min(shape[1:]) >= 16
+
+    # --- conversions ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DVClustError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                               f"known keys are {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "Config":
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise DVClustError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise DVClustError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        data.pop("versions", None)  # a run's config.yaml records versions; they are not settings
+        return cls.from_dict(data, source=str(path))
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

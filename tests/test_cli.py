@@ -1,0 +1,124 @@
+"""The CLI end to end, as a user runs it (subprocesses), and its one-line errors."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from dvclust.io import load_checkpoint
+from dvclust.train import PHASES
+
+FAST_SETS = ["--set", "pretrain_epochs=3", "--set", "cluster_epochs=2", "--set", "kmeans_n_init=2"]
+
+
+def dvclust(*args, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "dvclust", *map(str, args)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"dvclust {args} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return p
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_predict_evaluate_on_digits(tmp_path):
+    run = tmp_path / "run"
+    p = dvclust("fit", "digits", "--clusters", 10, "--out", run, "--seed", 3, "--quiet", *FAST_SETS)
+    assert f"outputs in {run}" in p.stdout and "ACC" in p.stdout
+    for name in ("labels.csv", "checkpoint.pt", "config.yaml", "history.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    rows = read_csv(run / "labels.csv")
+    assert len(rows) == 1797 and rows[0]["source"] == "digits#0"
+    assert set(rows[0]) == {"index", "source", "cluster", "confidence", "outlier_score", "label"}
+    assert all(0.1 <= float(r["confidence"]) <= 1.0 for r in rows)  # max of 10 probabilities
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["seed"] == 3 and cfg["n_clusters"] == 10 and "torch" in cfg["versions"]
+    m = json.loads((run / "metrics.json").read_text())
+    assert {"acc", "nmi", "ari"} <= set(m)
+    hist = read_csv(run / "history.csv")
+    assert [r["phase"] for r in hist].count("pretrain") == 3 and hist[-1]["phase"] == "cluster"
+
+    dvclust("predict", run, "digits", "--out", tmp_path / "pred.csv")
+    pred = read_csv(tmp_path / "pred.csv")
+    assert [r["cluster"] for r in pred] == [r["cluster"] for r in rows]
+
+    p = dvclust("evaluate", run)
+    assert json.loads(p.stdout[: p.stdout.rindex("}") + 1])["acc"] == pytest.approx(m["acc"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["fit", "nowhere.npz", "--clusters", 3, "--out", "r"], "nowhere.npz: no such file"),
+    (["fit", "imagenet", "--clusters", 3, "--out", "r"], "embedded: digits"),
+    (["fit", "digits", "--clusters", 5000, "--out", "r"], "n_clusters=5000 is larger"),
+    (["fit", "digits", "--clusters", 3, "--out", "r", "--set", "gama=1"], "unknown key"),
+    (["fit", "digits", "--clusters", 3, "--out", "r", "--config", "missing.yaml"], "missing.yaml"),
+    (["predict", "no_run", "digits"], "no_run: no checkpoint.pt"),
+    (["evaluate", "no_run"], "no_run: no checkpoint.pt"),
+])
+def test_bad_input_gives_one_line(tmp_path, args, words):
+    p = subprocess.run([sys.executable, "-m", "dvclust", *map(str, args)], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], p.stderr
+
+
+def test_existing_run_needs_resume(tmp_path):
+    dvclust("fit", "digits", "-k", 3, "--out", tmp_path / "r", "-q", *FAST_SETS)
+    p = dvclust("fit", "digits", "-k", 3, "--out", tmp_path / "r", "-q", *FAST_SETS, check=False)
+    assert p.returncode == 2 and "--resume" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def blob_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
+    for i in range(n):
+        r = 2 + 5 * (i % 3)
+        x[i, r:r + 4, r:r + 4] = 0.9
+    path = tmp_path_factory.mktemp("data") / "blobs.npy"
+    np.save(path, x)
+    return path
+
+
+KILL_SETS = ["--set", "pretrain_epochs=6", "--set", "cluster_epochs=6", "--set", "tol=0",
+             "--set", "batch_size=32", "--set", "kmeans_n_init=2", "--seed", 7, "-q"]
+
+
+@pytest.mark.parametrize("phase, epoch", [("pretrain", 2), ("cluster", 0), ("cluster", 3)])
+def test_sigkill_then_resume_gives_same_labels(tmp_path, blob_file, phase, epoch):
+    """A fit killed with SIGKILL at a point in training, then resumed, ends with the labels of an
+    uninterrupted fit."""
+    dvclust("fit", blob_file, "-k", 3, "--out", tmp_path / "full", *KILL_SETS)
+    run = tmp_path / "cut"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dvclust", "fit", str(blob_file), "-k", "3",
+                             "--out", str(run), *map(str, KILL_SETS)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ck = run / "checkpoint.pt"
+        if ck.exists():
+            st = load_checkpoint(ck)["state"]  # atomic writes: always a whole file
+            if (PHASES.index(st["phase"]), st["epoch"]) >= (PHASES.index(phase), epoch):
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    killed_at = load_checkpoint(run / "checkpoint.pt")["state"]
+    assert killed_at["phase"] == phase, f"killed at {killed_at['phase']}, not in {phase}"
+    assert not (run / "labels.csv").exists()
+    dvclust("fit", blob_file, "-k", 3, "--out", run, "--resume", "-q")
+    assert read_csv(run / "labels.csv") == read_csv(tmp_path / "full" / "labels.csv")

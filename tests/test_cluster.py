@@ -1,0 +1,72 @@
+"""The clustering maths, on inputs small enough to work out by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dvclust.cluster import kl_clustering_loss, kmeans_centers, soft_assign, target_distribution
+
+
+def test_soft_assign_by_hand():
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    c = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    q = soft_assign(z, c, alpha=1.0)
+    # point 0: d2 = (0, 1) -> kernel (1, 1/2) -> (2/3, 1/3)
+    # point 1: d2 = (2, 1) -> kernel (1/3, 1/2) -> (2/5, 3/5)
+    assert torch.allclose(q, torch.tensor([[2 / 3, 1 / 3], [2 / 5, 3 / 5]]), atol=1e-6)
+
+
+def test_soft_assign_alpha():
+    z, c = torch.tensor([[0.0]]), torch.tensor([[0.0], [2.0]])
+    q = soft_assign(z, c, alpha=2.0)
+    # d2 = (0, 4); (1 + d2/2)^(-3/2) = (1, 3^-1.5)
+    k = 3 ** -1.5
+    assert torch.allclose(q, torch.tensor([[1 / (1 + k), k / (1 + k)]]), atol=1e-6)
+
+
+def test_soft_assign_large_batch_path_matches():
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(5000, 4, generator=g), torch.randn(3, 4, generator=g)
+    small = torch.cat([soft_assign(z[i:i + 1000], c) for i in range(0, 5000, 1000)])
+    assert torch.allclose(soft_assign(z, c), small, atol=1e-5)
+
+
+def test_target_distribution_by_hand():
+    q = torch.tensor([[2 / 3, 1 / 3], [2 / 5, 3 / 5]])
+    f = q.sum(0)  # (16/15, 14/15)
+    w = q**2 / f
+    expect = w / w.sum(1, keepdim=True)
+    p = target_distribution(q)
+    assert torch.allclose(p, expect)
+    # worked out: row 0 -> (4/9 * 15/16, 1/9 * 15/14) normalised
+    a, b = 4 / 9 * 15 / 16, 1 / 9 * 15 / 14
+    assert p[0, 0].item() == pytest.approx(a / (a + b), rel=1e-6)
+    # P sharpens: the larger entry of each row grows
+    assert p[0, 0] > q[0, 0] and p[1, 1] > q[1, 1]
+
+
+def test_target_distribution_uses_global_frequency():
+    q = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    f_all = q.sum(0)
+    # computing P on a slice with the global f gives the rows of the full P
+    assert torch.allclose(target_distribution(q[:1], f_all), target_distribution(q)[:1])
+    assert not torch.allclose(target_distribution(q[:1]), target_distribution(q)[:1])
+
+
+def test_kl_batchmean_by_hand():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    q = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    row1 = 1.0 * math.log(1.0 / 0.5)
+    assert kl_clustering_loss(p, q).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    assert kl_clustering_loss(q, q).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kmeans_centers_separated_blobs():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(m, 0.1, size=(50, 2)) for m in (-5, 0, 5)]).astype(np.float32)
+    c = kmeans_centers(x, 3, seed=0, n_init=3)
+    assert sorted(np.round(c[:, 0]).tolist()) == [-5, 0, 5]
+    c2 = kmeans_centers(x, 3, seed=0, n_init=3, max_samples=60)  # the sampled path
+    assert sorted(np.round(c2[:, 0]).tolist()) == [-5, 0, 5]

@@ -1,0 +1,31 @@
+import pytest
+
+from dvclust import Config, DVClustError
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = Config(n_clusters=4, gamma=0.2, augment=False)
+    import yaml
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "versions": {"torch": "x"}}))
+    assert Config.from_yaml(tmp_path / "c.yaml") == cfg
+
+
+def test_unknown_key_rejected(tmp_path):
+    (tmp_path / "c.yaml").write_text("gama: 0.1\n")
+    with pytest.raises(DVClustError, match="unknown key.*gama"):
+        Config.from_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("key, value", [("n_clusters", 0), ("lr", -1.0), ("likelihood", "poisson"),
+                                        ("batch_size", 2.5), ("augment", "yes"), ("q_from", "z")])
+def test_bad_values(key, value):
+    with pytest.raises(DVClustError, match=key):
+        Config(**{key: value})
+
+
+def test_bad_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text("a: [1,\n")
+    with pytest.raises(DVClustError, match="not valid YAML"):
+        Config.from_yaml(tmp_path / "c.yaml")
+    with pytest.raises(DVClustError, match="not found"):
+        Config.from_yaml(tmp_path / "missing.yaml")

@@ -1,0 +1,104 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from conftest import shared
+from dvclust import DVClustError, load_dataset
+from dvclust.data import as_images
+
+
+def test_digits_embedded():
+    d = load_dataset("digits")
+    assert d.images.shape == (1797, 1, 8, 8) and d.images.dtype == np.float32
+    assert d.images.min() >= 0 and d.images.max() == 1.0
+    assert len(d.labels) == 1797 and d.sources[0] == "digits#0"
+
+
+def test_mnist_folder_splits():
+    d = load_dataset(shared("mnist"), split="test")
+    assert d.images.shape == (10000, 1, 28, 28) and d.images.dtype == np.uint8
+    assert np.bincount(d.labels).tolist()[:3] == [980, 1135, 1032]  # the README's counts
+
+
+def test_medmnist_rgb_all_splits_and_choice():
+    path = shared("medmnist/retinamnist.npz")
+    d = load_dataset(path)
+    assert d.images.shape == (1600, 3, 28, 28)
+    assert np.bincount(d.labels[:1080]).tolist() == [486, 128, 206, 194, 66]
+    assert d.sources[1080] == "retinamnist.npz#val/0"
+    t = load_dataset(path, split="test")
+    assert len(t) == 400
+    assert len(load_dataset(path, split="train,val")) == 1200
+
+
+def test_medmnist_other_flag_and_size(tmp_path):
+    """Any flag and size: a 64-px gray file with the official key layout."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "bloodmnist_64.npz",
+             train_images=rng.integers(0, 255, (5, 64, 64), dtype=np.uint8),
+             train_labels=np.arange(5)[:, None],
+             test_images=rng.integers(0, 255, (3, 64, 64), dtype=np.uint8),
+             test_labels=np.arange(3)[:, None])
+    d = load_dataset(tmp_path / "bloodmnist_64.npz")
+    assert d.images.shape == (8, 1, 64, 64) and d.labels.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+
+
+def test_plain_arrays(tmp_path):
+    x = np.random.default_rng(0).random((4, 3, 20, 20)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    assert np.allclose(load_dataset(tmp_path / "a.npy").images, x)
+    np.savez(tmp_path / "b.npz", images=(x * 255).astype(np.uint8).transpose(0, 2, 3, 1), labels=[0, 1, 0, 1])
+    d = load_dataset(tmp_path / "b.npz")
+    assert d.images.shape == (4, 3, 20, 20) and d.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_non_unit_range_is_scaled():
+    x = np.arange(2 * 10 * 10, dtype=np.int16).reshape(2, 10, 10)
+    out = as_images(x)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_mnist_idx_written_here(tmp_path):
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    for stem, arr, magic in [("t10k-images-idx3-ubyte", imgs, b"\x00\x00\x08\x03"),
+                             ("t10k-labels-idx1-ubyte", np.array([3, 7], np.uint8), b"\x00\x00\x08\x01")]:
+        dims = b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+        with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
+            f.write(magic + dims + arr.tobytes())
+    d = load_dataset(tmp_path, split="test")
+    assert d.labels.tolist() == [3, 7] and np.array_equal(d.images[:, 0], imgs)
+
+
+# ---- bad input: one clear line naming the file or value ----------------------------------
+@pytest.mark.parametrize("arr, words", [
+    (np.zeros((0, 28, 28)), "no images"),
+    (np.zeros((5, 28)), "shape"),
+    (np.zeros((5, 5, 28, 28)), "channel"),
+    (np.full((3, 28, 28), np.nan), "NaN"),
+    (np.array([[[np.inf] * 9] * 9]), "NaN or Inf"),
+    (np.zeros((2, 4, 4)), "outside 8..1024"),
+])
+def test_bad_arrays(tmp_path, arr, words):
+    np.save(tmp_path / "bad.npy", arr)
+    with pytest.raises(DVClustError, match=words) as e:
+        load_dataset(tmp_path / "bad.npy")
+    assert "bad.npy" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_and_unknown(tmp_path):
+    with pytest.raises(DVClustError, match="no such file"):
+        load_dataset(tmp_path / "nope.npz")
+    with pytest.raises(DVClustError, match="embedded: digits"):
+        load_dataset("imagenet")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DVClustError, match="unsupported file type"):
+        load_dataset(tmp_path / "x.txt")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(DVClustError, match="broken.npz"):
+        load_dataset(tmp_path / "broken.npz")
+
+
+def test_bad_split(tmp_path):
+    with pytest.raises(DVClustError, match="unknown split"):
+        load_dataset(shared("medmnist/retinamnist.npz"), split="training")

@@ -1,0 +1,103 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST
+from dvclust import DVC, DVClustError, NotFittedError, load_dataset, metrics
+from dvclust.io import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits):
+    # The settings the quality test needs: small batches suit 1,797 images.
+    return DVC(10, random_state=0, pretrain_epochs=100, cluster_epochs=50, batch_size=64).fit(digits)
+
+
+def test_digits_quality(digits, digits_model):
+    assert metrics.acc(digits.labels, digits_model.labels_) >= 0.75
+
+
+def test_fitted_attributes_and_inference(digits, digits_model):
+    m = digits_model
+    assert m.labels_.shape == (1797,) and m.cluster_centers_.shape == (10, 10)
+    proba = m.predict_proba(digits)
+    assert proba.shape == (1797, 10) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert np.array_equal(m.predict(digits), m.labels_)  # predict on training images = labels_
+    assert m.transform(digits).shape == (1797, 10)
+    elbo = m.score_samples(digits)
+    assert elbo.shape == (1797,) and np.all(np.isfinite(elbo)) and np.all(elbo < 0)
+    # raw arrays work the same as ImageData
+    assert np.array_equal(m.predict(digits.images[:20]), m.labels_[:20])
+
+
+def test_same_seed_same_labels(blobs):
+    x, _ = blobs
+    a = DVC(3, random_state=1, **FAST).fit(x)
+    b = DVC(3, random_state=1, **FAST).fit(x)
+    assert np.array_equal(a.labels_, b.labels_)
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+def test_not_fitted_and_wrong_shape(blobs):
+    x, _ = blobs
+    with pytest.raises(NotFittedError):
+        DVC(3).predict(x)
+    m = DVC(3, **FAST).fit(x)
+    with pytest.raises(DVClustError, match="trained on 1x16x16"):
+        m.predict(np.zeros((2, 20, 20), np.float32))
+
+
+def test_k_larger_than_n_and_bad_param(blobs):
+    x, _ = blobs
+    with pytest.raises(DVClustError, match="n_clusters=200 is larger than the number of images"):
+        DVC(200).fit(x)
+    with pytest.raises(DVClustError, match="unknown key.*gama"):
+        DVC(3, gama=0.1).fit(x)
+
+
+def test_save_load_roundtrip(tmp_path, blobs):
+    x, _ = blobs
+    m = DVC(3, **FAST).fit(x)
+    m.save(tmp_path / "m.pt")
+    m2 = DVC.load(tmp_path / "m.pt")
+    assert np.array_equal(m2.predict(x), m.predict(x))
+    assert np.allclose(m2.predict_proba(x), m.predict_proba(x))
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_unsafe_and_foreign_checkpoints_refused(tmp_path, blobs):
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "dvclust-checkpoint", "x": _Boom()}))
+    with pytest.raises(DVClustError, match="refused"):
+        DVC.load(tmp_path / "evil.pt")
+    torch.save({"format": "dvclust-checkpoint", "x": _Boom()}, tmp_path / "evil2.pt")
+    with pytest.raises(DVClustError, match="refused"):
+        DVC.load(tmp_path / "evil2.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(DVClustError, match="not a dvclust checkpoint"):
+        DVC.load(tmp_path / "foreign.pt")
+    # a real checkpoint with tampered weights, and a truncated one
+    x, _ = blobs
+    DVC(3, **FAST).fit(x).save(tmp_path / "m.pt")
+    state = load_checkpoint(tmp_path / "m.pt")
+    key = next(iter(state["model"]))
+    state["model"][key] = torch.zeros(1)
+    save_checkpoint(tmp_path / "tampered.pt", {k: v for k, v in state.items()
+                                              if k not in ("format", "format_version")})
+    with pytest.raises(DVClustError, match="weights do not fit"):
+        DVC.load(tmp_path / "tampered.pt")
+    raw = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DVClustError, match="refused"):
+        DVC.load(tmp_path / "cut.pt")
