@@ -19,15 +19,26 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import write_block
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("DVCLUST_DATA", HERE.parent.parent / "shared" / "data"))
-DATASETS = {  # name -> (path or embedded name, K, split)
-    "mnist": (DATA / "mnist", 10, "all"),
-    "mnist-test": (DATA / "mnist", 10, "test"),
-    "retina": (DATA / "medmnist" / "retinamnist.npz", 5, "all"),
-    "pneumonia": (DATA / "medmnist_derived" / "pneumoniamnist_subset_varun19424.npz", 2, "all"),
-    "digits": ("digits", 10, "all"),
+DATASETS = {  # name -> (path or embedded name, K, split, read options for image folders)
+    "mnist": (DATA / "mnist", 10, "all", None),
+    "mnist-test": (DATA / "mnist", 10, "test", None),
+    "retina": (DATA / "medmnist" / "retinamnist.npz", 5, "all", None),
+    "pneumonia": (DATA / "medmnist_derived" / "pneumoniamnist_subset_varun19424.npz", 2, "all", None),
+    "chest64": (DATA / "images" / "chest_xray_kermany_224", 2, "all", {"size": 64}),
+    "digits": ("digits", 10, "all", None),
 }
+
+
+def dataset_spec(name: str):
+    """A name above, or PATH:K for any path load_dataset reads (a store folder, say)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    path, _, k = name.rpartition(":")
+    return Path(path), int(k), "all", None
 
 
 def parse_value(v: str):
@@ -38,8 +49,12 @@ def parse_value(v: str):
 def one(dataset: str, seed: int, overrides: dict) -> dict:
     from dvclust import DVC, load_dataset, metrics
 
-    src, k, split = DATASETS[dataset]
-    data = load_dataset(src, split=split)
+    src, k, split, opts = dataset_spec(dataset)
+    if opts:  # image folders only: read options
+        from dvclust.data import ReadOptions
+        data = load_dataset(src, split=split, options=ReadOptions(**opts))
+    else:
+        data = load_dataset(src, split=split)
     t0 = time.perf_counter()
     model = DVC(k, random_state=seed, **overrides).fit(data)
     wall = time.perf_counter() - t0
@@ -51,7 +66,7 @@ def one(dataset: str, seed: int, overrides: dict) -> dict:
     ev = metrics.evaluate(data.labels, model.labels_)
     n = len(data)
     return {
-        "dataset": dataset, "seed": seed, "n": n, "k": k, "overrides": overrides,
+        "dataset": Path(dataset).name if dataset not in DATASETS else dataset, "seed": seed, "n": n, "k": k, "overrides": overrides,
         "acc": ev["acc"], "nmi": ev["nmi"], "ari": ev["ari"], "per_class_recall": ev["per_class_recall"],
         "kmeans_acc": km.get("acc"), "kmeans_nmi": km.get("nmi"),
         "pretrain_epochs": len(pre), "cluster_epochs": len(clu), "wall_s": wall,
@@ -94,24 +109,15 @@ def table(rows: list[dict]) -> str:
 
 
 def write_results(tag: str, command: str, rows: list[dict]) -> None:
-    md = HERE / "RESULTS.md"
-    text = md.read_text() if md.exists() else "# Benchmark results\n"
-    start, end = f"<!-- bench_dvc:{tag} -->", f"<!-- /bench_dvc:{tag} -->"
     env = f"{rows[0]['device']}, {rows[0]['threads']} torch threads" if rows else ""
-    block = (f"{start}\n## bench_dvc: {tag}\n\nCommand: `{command}`  \n"
-             f"Run on: {time.strftime('%Y-%m-%d')}, {env}\n\n{table(rows)}\n{end}")
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = md.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(md)
+    write_block(f"bench_dvc:{tag}", f"## bench_dvc: {tag}\n\nCommand: `{command}`  \n"
+                f"Run on: {time.strftime('%Y-%m-%d')}, {env}\n\n{table(rows)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", nargs="+", default=["mnist", "retina"], choices=sorted(DATASETS))
+    ap.add_argument("--datasets", nargs="+", default=["mnist", "retina"],
+                    help=f"names ({', '.join(DATASETS)}) or PATH:K")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides, e.g. gamma=0.1 augment=false")

@@ -39,7 +39,8 @@ def test_fit_predict_evaluate_on_digits(tmp_path):
         assert (run / name).is_file(), name
     rows = read_csv(run / "labels.csv")
     assert len(rows) == 1797 and rows[0]["source"] == "digits#0"
-    assert set(rows[0]) == {"index", "source", "cluster", "confidence", "outlier_score", "label"}
+    assert set(rows[0]) == {"index", "source", "cluster", "confidence", "outlier_score", "distance",
+                            "label"}
     assert all(0.1 <= float(r["confidence"]) <= 1.0 for r in rows)  # max of 10 probabilities
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["seed"] == 3 and cfg["n_clusters"] == 10 and "torch" in cfg["versions"]
@@ -50,7 +51,9 @@ def test_fit_predict_evaluate_on_digits(tmp_path):
 
     dvclust("predict", run, "digits", "--out", tmp_path / "pred.csv")
     pred = read_csv(tmp_path / "pred.csv")
-    assert [r["cluster"] for r in pred] == [r["cluster"] for r in rows]
+    assert [r["cluster"] for r in pred] == [r["cluster"] for r in rows]  # = labels_ on its images
+    far = [int(r["far_from_clusters"]) for r in pred]
+    assert 0 < sum(far) <= 0.011 * len(far)  # the training images' own 1% tail
 
     p = dvclust("evaluate", run)
     assert json.loads(p.stdout[: p.stdout.rindex("}") + 1])["acc"] == pytest.approx(m["acc"])
@@ -122,3 +125,30 @@ def test_sigkill_then_resume_gives_same_labels(tmp_path, blob_file, phase, epoch
     assert not (run / "labels.csv").exists()
     dvclust("fit", blob_file, "-k", 3, "--out", run, "--resume", "-q")
     assert read_csv(run / "labels.csv") == read_csv(tmp_path / "full" / "labels.csv")
+
+
+def test_fit_on_image_folder_with_bad_files(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls, bright in (("dark", 40), ("light", 200)):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(12):
+            arr = np.clip(rng.normal(bright, 10, (24, 20)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "dark" / "broken.png").write_bytes(b"")
+    run = tmp_path / "run"
+    p = dvclust("fit", tmp_path / "imgs", "-k", 2, "--size", 16, "--out", run,
+                "--store", tmp_path / "store", *FAST_SETS, "--set", "batch_size=8")
+    assert "skipped 1 unreadable file(s)" in p.stdout
+    rows = read_csv(run / "labels.csv")
+    assert len(rows) == 24 and rows[0]["source"] == "dark/0.png"
+    skipped = read_csv(run / "skipped.csv")
+    assert [r["source"] for r in skipped] == ["dark/broken.png"] and skipped[0]["reason"]
+    assert json.loads((run / "metrics.json").read_text())["acc"] == 1.0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data"]["read_options"]["size"] == 16
+    # predict reads new files with the run's preprocessing (size 16), whatever their size
+    dvclust("predict", run, tmp_path / "imgs" / "light", "--out", tmp_path / "p.csv")
+    pred = read_csv(tmp_path / "p.csv")
+    light = {r["source"].split("/", 1)[1]: r["cluster"] for r in rows if r["source"].startswith("light")}
+    assert {r["source"]: r["cluster"] for r in pred} == light

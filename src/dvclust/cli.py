@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch.distributed as tdist
+import numpy as np
 import typer
 
+from . import curate
 from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
-from .run import DataSource, fit_run, load_run, predictions, read_run_config, run_source, \
-    write_labels, write_metrics
+from .run import DataSource, fit_run, load_run, predictions, read_labels, read_run_config, \
+    run_source, write_labels, write_metrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Variational Clustering: label large image collections by clusters.")
@@ -117,8 +119,12 @@ def predict(
     dataset = run_source(run_dir).with_data(data, split).load(verbose=True)
     out = out or run_dir / "predictions.csv"
     pred = predictions(model, dataset)
+    # "far": further from every centre than 99% of the run's own images were
+    limit = np.quantile(read_labels(run_dir)["distance"].astype(float), 0.99)
+    pred["far"] = pred["distance"] > limit
     write_labels(out, dataset, pred)
-    typer.echo(f"labelled {len(dataset)} images -> {out}")
+    typer.echo(f"labelled {len(dataset)} images -> {out}; {int(pred['far'].sum())} lie further from "
+               f"every cluster than 99% of the training images (column far_from_clusters)")
 
 
 @app.command()
@@ -138,6 +144,57 @@ def evaluate(
     m = write_metrics(run_dir / "metrics.json", dataset.labels, model.predict(dataset))
     typer.echo(json.dumps({k: m[k] for k in ("acc", "nmi", "ari", "per_class_recall")}, indent=2))
     typer.echo(f"written to {run_dir / 'metrics.json'}")
+
+
+@app.command()
+@clean_errors
+def review(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    n: int = typer.Option(200, "--n", help="how many of each: least confident, most outlying"),
+):
+    """List the images most worth a human look: least confident and most outlying."""
+    path = curate.write_review(run_dir, n)
+    typer.echo(f"review queue -> {path}")
+
+
+@app.command()
+@clean_errors
+def name(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    pairs: List[str] = typer.Argument(..., help="CLUSTER_ID=NAME pairs, e.g. 0=normal 1=pneumonia"),
+):
+    """Name clusters; exports use the names."""
+    names = curate.set_names(run_dir, pairs)
+    typer.echo(", ".join(f"{k}={v}" for k, v in sorted(names.items())) +
+               f" -> {run_dir / 'names.json'}")
+
+
+@app.command()
+@clean_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    format: str = typer.Option("csv", "--format", "-f", help="csv, labelstudio or folders"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default RUN_DIR/export)"),
+    copy: bool = typer.Option(False, help="folders: copy files instead of linking them"),
+    document_root: str = typer.Option("/", help="labelstudio: its LOCAL_FILES_DOCUMENT_ROOT"),
+):
+    """Export labels with cluster names: CSV, Label Studio tasks, or a folder per cluster."""
+    path = curate.export(run_dir, format, out, copy, document_root)
+    typer.echo(f"exported ({format}) -> {path}")
+
+
+@app.command()
+@clean_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)"),
+    sample: int = typer.Option(3000, help="images in the latent map"),
+):
+    """Write one self-contained report.html: galleries, latent map, curves, metrics, config."""
+    from .report import build_report
+
+    path = build_report(run_dir, out, sample)
+    typer.echo(f"report -> {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

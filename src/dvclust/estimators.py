@@ -162,6 +162,20 @@ class DVC:
                               precision=self.config_.precision)
         return -nelbo.cpu().numpy()
 
+    def predict_details(self, X) -> dict[str, np.ndarray]:
+        """Everything per image in one encoder/decoder pass: `cluster`, `confidence` (max q),
+        `outlier_score` (negative ELBO), `distance` (to the nearest centre) and `latent` (mu)."""
+        images, dist = self._infer(X)
+        mu, nelbo = encode_all(self.model_, images, dist, neg_elbo=self.config_.likelihood,
+                               precision=self.config_.precision)
+        with torch.no_grad():
+            q = self.model_.head(mu)
+            d = torch.cdist(mu, self.model_.head.centers).min(1).values
+        q = q.cpu().numpy()
+        return {"cluster": q.argmax(1), "confidence": q.max(1),
+                "outlier_score": nelbo.cpu().numpy(), "distance": d.cpu().numpy(),
+                "latent": mu.cpu().numpy()}
+
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the fitted model to one checkpoint file (atomically)."""

@@ -20,6 +20,8 @@ import torch
 
 from .errors import DVClustError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 FORMAT = "dvclust-checkpoint"
 FORMAT_VERSION = 1
 
@@ -32,6 +34,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise DVClustError(f"{path.parent}: cannot write output here ({e.strerror or e})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,15 +77,18 @@ def run_source(run_dir: Path) -> DataSource:
 
 
 def predictions(model: DVC, data: ImageData) -> dict[str, np.ndarray]:
-    """Label, confidence and outlier score of every image, in one pass each."""
-    q = model.predict_proba(data)
-    return {"cluster": q.argmax(1), "confidence": q.max(1), "outlier_score": -model.score_samples(data)}
+    """Label, confidence, outlier score and distance to the nearest centre of every image."""
+    return model.predict_details(data)
 
 
 def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> None:
-    header = ["index", "source", "cluster", "confidence", "outlier_score"]
+    header = ["index", "source", "cluster", "confidence", "outlier_score", "distance"]
     cols = [range(len(data)), data.sources or [str(i) for i in range(len(data))], pred["cluster"],
-            [f"{c:.6f}" for c in pred["confidence"]], [f"{s:.4f}" for s in pred["outlier_score"]]]
+            [f"{c:.6f}" for c in pred["confidence"]], [f"{s:.4f}" for s in pred["outlier_score"]],
+            [f"{d:.4f}" for d in pred["distance"]]]
+    if "far" in pred:
+        header.append("far_from_clusters")
+        cols.append(pred["far"].astype(int))
     if data.labels is not None:
         header.append("label")
         cols.append(data.labels)
@@ -129,3 +133,14 @@ def load_run(run_dir: Path, device: str | None = None) -> DVC:
         raise DVClustError(f"{run_dir}: the run stopped in phase '{model.phase_}'; finish it with "
                            "`dvclust fit ... --resume` first")
     return model
+
+
+def read_labels(run_dir: Path) -> dict[str, np.ndarray]:
+    """labels.csv of a finished run, column by column (strings; cast where needed)."""
+    path = run_dir / "labels.csv"
+    if not path.is_file():
+        raise DVClustError(f"{run_dir}: no labels.csv; is the run finished?")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    cols = list(zip(*rows[1:])) if len(rows) > 1 else [()] * len(rows[0])
+    return {name: np.asarray(col) for name, col in zip(rows[0], cols)}

@@ -164,7 +164,6 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
     per_rank = max(1, cfg.batch_size // dist.world_size)
     loader = DataLoader(ds, batch_size=per_rank, sampler=sampler, collate_fn=collate_batch,
                         num_workers=0, pin_memory=dist.device.type == "cuda")
-    n = len(images)
     dim = images.shape[1] * images.shape[2] * images.shape[3]
     scale = 1.0 / dim if cfg.recon_reduction == "mean" else 1.0
     augment = cfg.augment_for(images.shape[1:])
@@ -288,7 +287,7 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
             opt.load_state_dict(optimizer_state)
         bar = tqdm(total=cfg.cluster_epochs, initial=st.epoch, desc="phase 3/3 clustering",
                    disable=not (verbose and dist.is_main))
-        converged = False
+        converged, change = False, None
         targets = st.targets.to(dist.device) if st.targets is not None else None
         while st.epoch < cfg.cluster_epochs:
             if st.epoch % cfg.update_interval == 0 or st.targets is None:
@@ -314,8 +313,7 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
             st.epoch += 1
             st.history.append(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", changed=_fmt(st.history[-2].get(
-                "label_change")) if len(st.history) > 1 else "")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", changed=_fmt(change))
             checkpoint(opt)
             if stop_after and stop_after(st):
                 bar.close()

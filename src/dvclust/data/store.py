@@ -231,9 +231,13 @@ class RowFile:
         with contextlib.suppress(Exception):
             os.close(self._fd)
 
-    def _rows(self, start: int, stop: int) -> np.ndarray:
-        buf = os.pread(self._fd, (stop - start) * self.row_bytes, start * self.row_bytes)
-        return np.frombuffer(buf, np.uint8).reshape(stop - start, *self.shape[1:])
+    def _rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((stop - start, *self.shape[1:]), np.uint8)
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], start * self.row_bytes)
+        if got != out.nbytes:
+            raise DVClustError(f"{self.path}: short read at row {start} (file changed on disk?)")
+        return out
 
     def __getitem__(self, key):
         if isinstance(key, tuple):  # rows first, then numpy indexing within them
@@ -255,7 +259,7 @@ class RowFile:
         pos = 0
         for run in np.split(idx, breaks):
             if len(run):
-                out[pos:pos + len(run)] = self._rows(int(run[0]), int(run[-1]) + 1)
+                self._rows(int(run[0]), int(run[-1]) + 1, out[pos:pos + len(run)])
                 pos += len(run)
         return out
 

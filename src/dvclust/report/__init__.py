@@ -1,0 +1,183 @@
+"""`dvclust report RUN_DIR`: one self-contained report.html (images embedded as PNG, charts as
+inline SVG). Works on runs of any size: galleries and the latent map use samples and partial
+sorts, nothing quadratic in the number of images."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..curate import cluster_name, load_names, review_queue
+from ..io import write_text_atomic
+from ..losses import reconstruct
+from ..run import load_run, read_labels, read_run_config, run_source
+from . import svg
+
+
+def _png(img: np.ndarray) -> str:
+    """C x H x W (uint8 or [0,1] float) -> <img> with a data URL."""
+    a = np.asarray(img)
+    a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
+    pil = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return (f'<img class="t" alt="" src="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode()}">')
+
+
+def _rows(images, idx) -> np.ndarray:
+    idx = np.asarray(idx, dtype=np.int64)
+    order = np.argsort(idx)
+    out = np.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
+    out[order] = images[idx[order]]  # sorted reads suit a store on disk
+    return out
+
+
+def _embed_2d(z: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    try:
+        import umap  # optional
+        return umap.UMAP(random_state=seed).fit_transform(z), "UMAP"
+    except ImportError:
+        pass
+    if len(z) <= 5000:
+        from sklearn.manifold import TSNE
+        return TSNE(random_state=seed, init="pca", perplexity=min(30, len(z) - 1)).fit_transform(z), "t-SNE"
+    from sklearn.decomposition import PCA
+    return PCA(2, random_state=seed).fit_transform(z), "PCA"
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    b = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{b}</table>"
+
+
+def _confusion(y, pred, names) -> str:
+    classes, clusters = np.unique(y), np.unique(pred)
+    m = np.array([[int(np.sum((pred == c) & (y == k))) for k in classes] for c in clusters])
+    top = m.max() or 1
+    head = "<tr><th>cluster \\ class</th>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in classes) + "</tr>"
+    body = "".join(
+        f"<tr><th>{html.escape(cluster_name(names, int(c)))}</th>" + "".join(
+            f'<td style="background:rgba(31,119,180,{v / top:.2f})">{v}</td>' for v in row) + "</tr>"
+        for c, row in zip(clusters, m))
+    return f"<table class='cm'>{head}{body}</table>"
+
+
+def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per_cluster: int = 8,
+                 seed: int = 0) -> Path:
+    run_dir = Path(run_dir)
+    cfg, rec = read_run_config(run_dir)
+    model = load_run(run_dir)
+    lab = read_labels(run_dir)
+    data = run_source(run_dir).load(verbose=False)
+    names = load_names(run_dir)
+    clusters = lab["cluster"].astype(int)
+    conf = lab["confidence"].astype(float)
+    n, k = len(clusters), cfg.n_clusters
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(clusters, minlength=k)
+    parts = [f"<h1>dvclust report: {html.escape(run_dir.name)}</h1>",
+             f"<p>{n:,} images from <code>{html.escape(str(rec['data']['source']))}</code> in {k} "
+             f"clusters. Method: Deep Variational Clustering (latent {cfg.latent_dim}, "
+             f"beta {cfg.beta}, gamma {cfg.gamma}, seed {cfg.seed}).</p>"]
+
+    # metrics and confusion matrix, when labels are known
+    mpath = run_dir / "metrics.json"
+    if mpath.exists() and "label" in lab:
+        m = json.loads(mpath.read_text())
+        parts.append("<h2>Against the known labels</h2>" + _table(
+            [[f"{m['acc']:.4f}", f"{m['nmi']:.4f}", f"{m['ari']:.4f}",
+              ", ".join(f"{c}: {v:.2f}" for c, v in m["per_class_recall"].items())]],
+            ["ACC", "NMI", "ARI", "per-class recall (under the ACC matching)"]))
+        parts.append(_confusion(lab["label"].astype(int), clusters, names))
+
+    parts.append("<h2>Clusters</h2>" + svg.bars(sizes.tolist(), [cluster_name(names, j) for j in range(k)],
+                                                "images per cluster"))
+
+    # galleries: most typical (highest q) and least certain members of each cluster
+    parts.append("<h2>Galleries</h2><p>Left: the most typical images of each cluster (highest "
+                 "confidence). Right: its least certain ones.</p>")
+    for j in range(k):
+        members = np.flatnonzero(clusters == j)
+        if not len(members):
+            continue
+        c = conf[members]
+        m_ = min(per_cluster, len(members))
+        typical = members[np.argpartition(-c, m_ - 1)[:m_]]
+        typical = typical[np.argsort(-conf[typical])]
+        unsure = members[np.argpartition(c, m_ - 1)[:m_]]
+        unsure = unsure[np.argsort(conf[unsure])]
+        imgs_t = "".join(_png(a) for a in _rows(data.images, typical))
+        imgs_u = "".join(_png(a) for a in _rows(data.images, unsure))
+        parts.append(f"<h3>{html.escape(cluster_name(names, j))} ({sizes[j]:,} images)</h3>"
+                     f"<div class='row'><div>{imgs_t}</div><div class='u'>{imgs_u}</div></div>")
+
+    # latent map of a sample
+    pick = np.sort(rng.choice(n, min(sample, n), replace=False))
+    imgs = _rows(data.images, pick)
+    z = model.transform(imgs)
+    xy, how = _embed_2d(z, seed)
+    maps = svg.scatter(xy, clusters[pick], {j: cluster_name(names, j) for j in range(k)},
+                       f"latent means ({how}), by cluster")
+    if "label" in lab:
+        maps += svg.scatter(xy, lab["label"].astype(int)[pick], {}, f"latent means ({how}), by known label")
+    parts.append(f"<h2>Latent space</h2><p>{len(pick):,} sampled images.</p>{maps}")
+
+    # reconstructions
+    few = imgs[:8]
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(few)).to(model._dist.device)
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        mu, _ = model.model_.vae.encode(x)
+        rec_ = reconstruct(model.model_.vae.decoder(mu)).float().cpu().numpy()
+    parts.append("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
+                 f"<div>{''.join(_png(a) for a in few)}</div><div>{''.join(_png(a) for a in rec_)}</div>")
+
+    # review queue
+    queue = review_queue(run_dir, 10)
+    parts.append("<h2>Worth a look</h2>" + _table(
+        [[r["source"], cluster_name(names, r["cluster"]), f"{r['confidence']:.3f}",
+          f"{r['outlier_score']:.1f}", r["reason"]] for r in queue],
+        ["source", "cluster", "confidence", "outlier score", "why"]))
+
+    # training curves
+    with open(run_dir / "history.csv") as f:
+        hist = list(csv.DictReader(f))
+    num = lambda r, key: float(r[key]) if r.get(key) else None  # noqa: E731
+    pre = [r for r in hist if r["phase"] == "pretrain"]
+    clu = [r for r in hist if r["phase"] == "cluster"]
+    tgt = [r for r in hist if r["phase"] == "target"]
+    charts = svg.lines({"pretrain": (list(range(1, len(pre) + 1)), [num(r, "loss") for r in pre]),
+                        "clustering": (list(range(len(pre) + 1, len(pre) + len(clu) + 1)),
+                                       [num(r, "loss") for r in clu])}, "training loss", ylabel="loss")
+    if tgt:
+        series = {"label change": ([int(r["epoch"]) for r in tgt], [num(r, "label_change") for r in tgt])}
+        if tgt[0].get("acc"):
+            series["ACC"] = ([int(r["epoch"]) for r in tgt], [num(r, "acc") for r in tgt])
+            series["NMI"] = ([int(r["epoch"]) for r in tgt], [num(r, "nmi") for r in tgt])
+        charts += svg.lines(series, "at each target update (clustering epoch)")
+    parts.append(f"<h2>Training</h2>{charts}")
+
+    parts.append("<h2>Configuration and versions</h2>" + _table(
+        [[key, value] for key, value in cfg.to_dict().items()] +
+        [[f"version: {key}", value] for key, value in (rec.get("versions") or {}).items()],
+        ["key", "value"]))
+
+    style = ("body{font-family:sans-serif;margin:24px;max-width:1100px}"
+             "img.t{width:56px;height:56px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}"
+             ".row{display:flex;gap:24px}.u img{border-color:#d62728}"
+             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "font-size:12px}svg{margin:4px}")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>dvclust report"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    out = Path(out) if out else run_dir / "report.html"
+    write_text_atomic(out, page)
+    return out
