@@ -55,7 +55,9 @@ def parse_sets(sets: list[str]) -> dict:
 @clean_errors
 def fit(
     data: str = typer.Argument(..., help="'digits', an MNIST idx folder, a MedMNIST .npz, or a .npy/.npz array"),
-    clusters: int = typer.Option(..., "--clusters", "-k", help="number of clusters K"),
+    clusters: str = typer.Option(..., "--clusters", "-k",
+                                 help="number of clusters K, or 'auto' to choose it after pretraining"),
+    k_range: tuple[int, int] = typer.Option((2, 15), help="with --clusters auto: the K range to sweep"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder for every output"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
@@ -78,7 +80,10 @@ def fit(
         cfg, _ = read_run_config(out)
     else:
         cfg = Config.from_yaml(config) if config else Config()
-    changes = {"n_clusters": clusters, **parse_sets(sets)}
+    auto = clusters.strip().lower() == "auto"
+    if not auto and not clusters.strip().isdigit():
+        raise DVClustError(f"--clusters {clusters!r}: expected a whole number or 'auto'")
+    changes = {"n_clusters": k_range[0] if auto else int(clusters), **parse_sets(sets)}
     if seed is not None:
         changes["seed"] = seed
     cfg = cfg.replace(**changes)
@@ -86,7 +91,9 @@ def fit(
     source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
                                                  slices, tuple(clip)), store)
     dataset = source.load(workers, verbose=not quiet)
-    model, m = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet)
+    model, m = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
+                       auto_k=tuple(k_range) if auto else None)
+    cfg = model.config_
     if model._dist.is_main:
         sizes = ", ".join(str(int((model.labels_ == j).sum())) for j in range(cfg.n_clusters))
         typer.echo(f"\nclustered {len(dataset)} images into {cfg.n_clusters} clusters "
@@ -181,6 +188,41 @@ def export(
     """Export labels with cluster names: CSV, Label Studio tasks, or a folder per cluster."""
     path = curate.export(run_dir, format, out, copy, document_root)
     typer.echo(f"exported ({format}) -> {path}")
+
+
+@app.command("suggest-k")
+@clean_errors
+def suggest_k(
+    data: str = typer.Argument(..., help="images, as for fit"),
+    out: Path = typer.Option(Path("suggest_k"), "--out", "-o", help="folder for the curves and CSV"),
+    k_min: int = typer.Option(2, help="smallest K"),
+    k_max: int = typer.Option(15, help="largest K"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
+    sets: List[str] = typer.Option([], "--set", help="override one config key"),
+    size: int = typer.Option(64, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Suggest K: pretrain, then score k-means on the latent means for each K in a range."""
+    from .choose_k import describe, sweep_k
+    from .io import write_csv_atomic, write_text_atomic
+    from .report.svg import lines
+    from .run import pretrain_only
+
+    cfg = (Config.from_yaml(config) if config else Config()).replace(n_clusters=k_min, **parse_sets(sets))
+    dataset = DataSource(data, "all", ReadOptions(size=size)).load(verbose=not quiet)
+    model = pretrain_only(dataset, cfg, verbose=not quiet)
+    res = sweep_k(model.transform(dataset), k_min, k_max, seed=cfg.seed)
+    rows = res["rows"]
+    write_csv_atomic(out / "suggest_k.csv", list(rows[0]), ([r[k] for k in r] for r in rows))
+    ks = [r["k"] for r in rows]
+    ch = np.array([r["calinski_harabasz"] for r in rows])
+    write_text_atomic(out / "suggest_k.svg", lines(
+        {"silhouette": (ks, [r["silhouette"] for r in rows]),
+         "Calinski-Harabasz (scaled to 0..1)": (ks, list((ch - ch.min()) / (np.ptp(ch) or 1))),
+         "Davies-Bouldin (lower is better)": (ks, [r["davies_bouldin"] for r in rows])},
+        "scores of k-means on the latent means", w=560, h=300))
+    typer.echo(describe(res))
+    typer.echo(f"curves -> {out / 'suggest_k.svg'}, table -> {out / 'suggest_k.csv'}")
 
 
 @app.command()

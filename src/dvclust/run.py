@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from . import metrics
@@ -20,7 +21,8 @@ from .config import Config
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
 from .estimators import DVC
-from .io import write_csv_atomic, write_json_atomic, write_text_atomic
+from .io import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic, \
+    write_text_atomic
 from .runtime import Dist, versions
 
 RECORDED_KEYS = ("versions", "data")  # written into config.yaml for the record, not settings
@@ -101,18 +103,28 @@ def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray) -> dict:
     return m
 
 
+def _estimator(cfg: Config, verbose: bool) -> DVC:
+    return DVC(cfg.n_clusters, random_state=cfg.seed, verbose=verbose,
+               **{k: v for k, v in cfg.to_dict().items() if k not in ("n_clusters", "seed")})
+
+
 def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
-            resume: bool = False, verbose: bool = True) -> tuple[DVC, dict | None]:
-    """Train (or resume) into run_dir and write every output; returns the model and metrics."""
+            resume: bool = False, verbose: bool = True,
+            auto_k: tuple[int, int] | None = None) -> tuple[DVC, dict | None]:
+    """Train (or resume) into run_dir and write every output; returns the model and metrics.
+    With `auto_k=(min, max)`, K is chosen after pretraining (see choose_k)."""
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise DVClustError(f"{run_dir}: already holds a run (checkpoint.pt); pass --resume to "
                            "continue it, or choose another --out")
-    model = DVC(cfg.n_clusters, random_state=cfg.seed, verbose=verbose,
-                **{k: v for k, v in cfg.to_dict().items() if k not in ("n_clusters", "seed")})
     is_main = Dist.from_env(cfg.device).is_main  # joins the torchrun group, if any, first
-    if is_main and not resume:
+    if auto_k is not None:
+        k = choose_k(data, cfg, run_dir, source, resume, auto_k, verbose)
+        cfg, resume = cfg.replace(n_clusters=k), True
+        if is_main:
+            write_config(run_dir, cfg, source)
+    elif is_main and not resume:
         write_config(run_dir, cfg, source)
-    model.fit(data, run_dir=run_dir, resume=resume)
+    model = _estimator(cfg, verbose).fit(data, run_dir=run_dir, resume=resume)
     m = None
     if is_main:
         pred = predictions(model, data)
@@ -122,6 +134,42 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
         if data.labels is not None:
             m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"])
     return model, m
+
+
+def pretrain_only(data: ImageData, cfg: Config, run_dir: Path | None = None, resume: bool = False,
+                  verbose: bool = True) -> DVC:
+    """Phase 1 alone (the loop stops once pretraining has ended and is checkpointed)."""
+    return _estimator(cfg, verbose).fit(data, run_dir=run_dir, resume=resume,
+                                        _stop_after=lambda s: s.phase == "kmeans")
+
+
+def choose_k(data: ImageData, cfg: Config, run_dir: Path, source: DataSource, resume: bool,
+             k_range: tuple[int, int], verbose: bool = True) -> int:
+    """`--clusters auto`: pretrain in run_dir, sweep K on the latent means, then rewrite the
+    checkpoint for the chosen K so that the normal fit resumes from k-means initialisation.
+    Phase 1 does not depend on K, so pretraining under a placeholder K loses nothing."""
+    from .choose_k import describe, sweep_k
+
+    ckpt = run_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        saved = load_checkpoint(ckpt)
+        if saved["state"]["phase"] != "pretrain":  # K was chosen before the interruption
+            return int(saved["config"]["n_clusters"])
+    placeholder = cfg.replace(n_clusters=k_range[0])
+    if Dist.from_env(cfg.device).is_main and not resume:
+        write_config(run_dir, placeholder, source)
+    pre = pretrain_only(data, placeholder, run_dir, resume, verbose)
+    res = sweep_k(pre.transform(data), *k_range, seed=cfg.seed)
+    if pre._dist.is_main:
+        print(describe(res))  # a result, not progress: shown even with --quiet
+        saved = load_checkpoint(ckpt)
+        saved["config"]["n_clusters"] = res["k"]
+        saved["model"]["head.centers"] = torch.zeros(res["k"], cfg.latent_dim)
+        save_checkpoint(ckpt, {k: v for k, v in saved.items() if k not in ("format", "format_version")})
+        write_csv_atomic(run_dir / "suggest_k.csv", list(res["rows"][0]),
+                         ([r[k] for k in r] for r in res["rows"]))
+    pre._dist.barrier()
+    return res["k"]
 
 
 def load_run(run_dir: Path, device: str | None = None) -> DVC:

@@ -105,8 +105,9 @@ def encode_all(model: DVCModel, images: np.ndarray, dist: Dist, batch_size: int 
     rows = dist.shard(len(images))
     mus, nelbos = [], []
     for s in range(rows.start, rows.stop, batch_size):
-        x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:min(s + batch_size, rows.stop)]))
-                     .to(dist.device, non_blocking=True))
+        # np.require copies only read-only slices (of a memory-mapped .npy), which torch rejects
+        chunk = np.require(images[s:min(s + batch_size, rows.stop)], requirements=["C", "W"])
+        x = to_float(torch.from_numpy(chunk).to(dist.device, non_blocking=True))
         with autocast(dist.device, precision):
             mu, logvar = model.vae.encode(x)
             if neg_elbo:

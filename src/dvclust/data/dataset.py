@@ -28,7 +28,8 @@ class ImageDataset(Dataset):
         # Sorted reads are kinder to memory-mapped stores; the order inside a batch does not matter
         # to any loss here, but the index travels along so targets still line up.
         idx.sort()
-        return torch.from_numpy(np.ascontiguousarray(self.images[idx])), torch.from_numpy(idx)
+        batch = np.require(self.images[idx], requirements=["C", "W"])
+        return torch.from_numpy(batch), torch.from_numpy(idx)
 
 
 def collate_batch(batch):
