@@ -76,6 +76,13 @@ def fit(
     workers: Optional[int] = typer.Option(None, help="processes for preprocessing (default: all cores)"),
 ):
     """Train DVC on DATA and write labels, model, config, history and metrics into --out."""
+    source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
+                                                 slices, tuple(clip)), store)
+    if resume and (out / "config.yaml").exists():
+        # a resumed run reads its data exactly as it did before the interruption
+        recorded = run_source(out)
+        if recorded.path == data:
+            source = recorded
     if resume and config is None and (out / "config.yaml").exists():
         cfg, _ = read_run_config(out)
     else:
@@ -88,8 +95,6 @@ def fit(
         changes["seed"] = seed
     cfg = cfg.replace(**changes)
     t0 = time.time()
-    source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
-                                                 slices, tuple(clip)), store)
     dataset = source.load(workers, verbose=not quiet)
     model, m = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
                        auto_k=tuple(k_range) if auto else None)

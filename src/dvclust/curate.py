@@ -3,6 +3,7 @@ an ImageFolder tree). Everything reads a finished run folder; nothing is written
 chosen output folder."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -160,8 +161,12 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() or target.is_symlink():
             target.unlink()
-        if copy or p.resolve().is_relative_to(out):
+        if p.resolve().is_relative_to(out):  # a PNG written for array data: move it in place
+            os.replace(p, target)
+        elif copy:
             shutil.copyfile(p, target)
         else:
             os.symlink(p.resolve(), target)
+    with contextlib.suppress(OSError):
+        (out / "images").rmdir()  # emptied by the moves above
     return tree

@@ -103,26 +103,27 @@ def encode_all(model: DVCModel, images: np.ndarray, dist: Dist, batch_size: int 
     was_training = model.training
     model.eval()
     rows = dist.shard(len(images))
-    mus, nelbos = [], []
+    d = model.head.centers.shape[1]
+    # Results go straight into preallocated outputs (memory: the outputs plus one batch).
+    mu_out = torch.empty(len(rows), d, device=dist.device)
+    ne_out = torch.empty(len(rows), device=dist.device) if neg_elbo else None
     for s in range(rows.start, rows.stop, batch_size):
+        e = min(s + batch_size, rows.stop)
         # np.require copies only read-only slices (of a memory-mapped .npy), which torch rejects
-        chunk = np.require(images[s:min(s + batch_size, rows.stop)], requirements=["C", "W"])
+        chunk = np.require(images[s:e], requirements=["C", "W"])
         x = to_float(torch.from_numpy(chunk).to(dist.device, non_blocking=True))
         with autocast(dist.device, precision):
             mu, logvar = model.vae.encode(x)
             if neg_elbo:
                 out = model.vae.decoder(mu)
         mu, logvar = mu.float(), logvar.float()
-        mus.append(mu)
+        mu_out[s - rows.start:e - rows.start] = mu
         if neg_elbo:
-            nelbos.append(recon_nll(out.float(), x, neg_elbo) + kl_prior(mu, logvar))
+            ne_out[s - rows.start:e - rows.start] = recon_nll(out.float(), x, neg_elbo) + \
+                kl_prior(mu, logvar)
     model.train(was_training)
-    d = model.head.centers.shape[1]
-    mu = dist.all_gather_rows(torch.cat(mus) if mus else torch.zeros(0, d, device=dist.device))
-    if not neg_elbo:
-        return mu
-    ne = torch.cat(nelbos) if nelbos else torch.zeros(0, device=dist.device)
-    return mu, dist.all_gather_rows(ne)
+    mu = dist.all_gather_rows(mu_out)
+    return (mu, dist.all_gather_rows(ne_out)) if neg_elbo else mu
 
 
 def assign_all(model: DVCModel, images: np.ndarray, dist: Dist, precision: str = "auto"):
