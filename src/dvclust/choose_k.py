@@ -40,6 +40,13 @@ def sweep_k(z: np.ndarray, k_min: int = 2, k_max: int = 15, seed: int = 0, sampl
             "db_k": db_k, "clarity": clarity}
 
 
+def write_sweep_csv(path, res: dict) -> None:
+    from .io import write_csv_atomic
+
+    rows = res["rows"]
+    write_csv_atomic(path, list(rows[0]), ([r[k] for k in r] for r in rows))
+
+
 def describe(res: dict) -> str:
     return (f"suggested K = {res['k']} (silhouette {res['rows'][res['k'] - res['rows'][0]['k']]['silhouette']:.3f}, "
             f"{res['silhouette_margin']:.1%} above the next K; Calinski-Harabasz prefers "

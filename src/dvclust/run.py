@@ -148,7 +148,7 @@ def choose_k(data: ImageData, cfg: Config, run_dir: Path, source: DataSource, re
     """`--clusters auto`: pretrain in run_dir, sweep K on the latent means, then rewrite the
     checkpoint for the chosen K so that the normal fit resumes from k-means initialisation.
     Phase 1 does not depend on K, so pretraining under a placeholder K loses nothing."""
-    from .choose_k import describe, sweep_k
+    from .choose_k import describe, sweep_k, write_sweep_csv
 
     ckpt = run_dir / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -166,8 +166,7 @@ def choose_k(data: ImageData, cfg: Config, run_dir: Path, source: DataSource, re
         saved["config"]["n_clusters"] = res["k"]
         saved["model"]["head.centers"] = torch.zeros(res["k"], cfg.latent_dim)
         save_checkpoint(ckpt, {k: v for k, v in saved.items() if k not in ("format", "format_version")})
-        write_csv_atomic(run_dir / "suggest_k.csv", list(res["rows"][0]),
-                         ([r[k] for k in r] for r in res["rows"]))
+        write_sweep_csv(run_dir / "suggest_k.csv", res)
     pre._dist.barrier()
     return res["k"]
 
