@@ -112,6 +112,8 @@ def fit(
         typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, history.csv"
                    + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
     if tdist.is_initialized():
+        # every rank waits for rank 0's outputs before the group is torn down together
+        tdist.barrier()
         tdist.destroy_process_group()
 
 
@@ -208,8 +210,8 @@ def suggest_k(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Suggest K: pretrain, then score k-means on the latent means for each K in a range."""
-    from .choose_k import describe, sweep_k
-    from .io import write_csv_atomic, write_text_atomic
+    from .choose_k import describe, sweep_k, write_sweep_csv
+    from .io import write_text_atomic
     from .report.svg import lines
     from .run import pretrain_only
 
@@ -218,7 +220,7 @@ def suggest_k(
     model = pretrain_only(dataset, cfg, verbose=not quiet)
     res = sweep_k(model.transform(dataset), k_min, k_max, seed=cfg.seed)
     rows = res["rows"]
-    write_csv_atomic(out / "suggest_k.csv", list(rows[0]), ([r[k] for k in r] for r in rows))
+    write_sweep_csv(out / "suggest_k.csv", res)
     ks = [r["k"] for r in rows]
     ch = np.array([r["calinski_harabasz"] for r in rows])
     write_text_atomic(out / "suggest_k.svg", lines(
