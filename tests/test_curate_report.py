@@ -33,6 +33,14 @@ def digits_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def pixel_run(tmp_path_factory):
+    """A baseline without a network (no decoder, no training curves) must report too."""
+    run = tmp_path_factory.mktemp("runs") / "pca"
+    _fit("digits", "-k", 4, "--out", run, "--method", "pca-kmeans")
+    return run
+
+
+@pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)
@@ -117,7 +125,7 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-@pytest.mark.parametrize("which", ["digits_run", "folder_run"])
+@pytest.mark.parametrize("which", ["digits_run", "folder_run", "pixel_run"])
 def test_report_opens_in_chromium(which, request, tmp_path):
     run = request.getfixturevalue(which)
     path = build_report(run, tmp_path / "report.html", sample=500)

@@ -53,7 +53,8 @@ def test_distributed_target_equals_single_process():
         np.testing.assert_allclose(out[rank][0], p1.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_torchrun_two_processes_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["dvc", "dec"])  # DEC: a decoder without gradients under DDP
+def test_torchrun_two_processes_end_to_end(tmp_path, method):
     rng = np.random.default_rng(0)
     n = 300
     x = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
@@ -66,7 +67,8 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(_free_port()), "-m", "dvclust", "fit", str(tmp_path / "blobs.npz"),
            "-k", "3", "--out", str(tmp_path / "run"), "-q", "--set", "pretrain_epochs=4",
-           "--set", "cluster_epochs=3", "--set", "batch_size=32", "--set", "kmeans_n_init=2"]
+           "--set", "cluster_epochs=3", "--set", "batch_size=32", "--set", "kmeans_n_init=2",
+           "--method", method]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("clustered 300 images") == 1  # rank 0 alone reports

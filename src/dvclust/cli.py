@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from . import curate
-from .config import Config
+from .config import METHODS, Config
 from .data import ReadOptions
 from .errors import DVClustError
 from .run import DataSource, fit_run, load_run, predictions, read_labels, read_run_config, \
@@ -63,6 +63,8 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
     split: str = typer.Option("all", help="splits to use: train, val, test (comma-joined) or all"),
     sets: List[str] = typer.Option([], "--set", help="override one config key: --set gamma=0.2"),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help=f"dvc (default) or a baseline: {', '.join(METHODS[1:])}"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     size: int = typer.Option(64, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE"),
@@ -75,7 +77,8 @@ def fit(
     store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
     workers: Optional[int] = typer.Option(None, help="processes for preprocessing (default: all cores)"),
 ):
-    """Train DVC on DATA and write labels, model, config, history and metrics into --out."""
+    """Train DVC (or a baseline, --method) on DATA; write labels, model, config, history and
+    metrics into --out."""
     source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
                                                  slices, tuple(clip)), store)
     if resume and (out / "config.yaml").exists():
@@ -93,6 +96,8 @@ def fit(
     changes = {"n_clusters": k_range[0] if auto else int(clusters), **parse_sets(sets)}
     if seed is not None:
         changes["seed"] = seed
+    if method is not None:
+        changes["method"] = method
     cfg = cfg.replace(**changes)
     t0 = time.time()
     dataset = source.load(workers, verbose=not quiet)
@@ -109,7 +114,8 @@ def fit(
         if dataset.skipped:
             typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
                        f"{out / 'skipped.csv'}")
-        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, history.csv"
+        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml"
+                   + (", history.csv" if (out / "history.csv").exists() else "")
                    + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
     if tdist.is_initialized():
         # every rank waits for rank 0's outputs before the group is torn down together
@@ -230,6 +236,30 @@ def suggest_k(
         "scores of k-means on the latent means", w=560, h=300))
     typer.echo(describe(res))
     typer.echo(f"curves -> {out / 'suggest_k.svg'}, table -> {out / 'suggest_k.csv'}")
+
+
+@app.command()
+@clean_errors
+def pick(
+    run_dirs: List[Path] = typer.Argument(..., help="finished runs on the same data (seeds or configs)"),
+    rule: str = typer.Option("consensus", help="consensus (agreement with the other runs) or "
+                                               "silhouette (on each run's latent means)"),
+):
+    """Choose among runs without labels: the one the other runs agree with most (default)."""
+    from .select import consensus_scores, pick as best, silhouette
+
+    if rule not in ("consensus", "silhouette"):
+        raise DVClustError(f"--rule {rule!r}: use consensus or silhouette")
+    labels = [read_labels(r)["cluster"].astype(int) for r in run_dirs]
+    if rule == "consensus":
+        scores = consensus_scores(labels)
+    else:
+        scores = np.array([silhouette(load_run(r).transform(run_source(r).load(verbose=False)), lab)
+                           for r, lab in zip(run_dirs, labels)])
+    i = best(scores)
+    for j, (r, sc) in enumerate(zip(run_dirs, scores)):
+        typer.echo(f"{'->' if j == i else '  '} {r}  {rule} {sc:.4f}")
+    typer.echo(f"chosen: {run_dirs[i]}")
 
 
 @app.command()

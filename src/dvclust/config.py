@@ -14,12 +14,31 @@ import yaml
 
 from .errors import DVClustError
 
+# The methods of the comparison (issue 4) as traits of the one training loop:
+# method -> (variational encoder, self-training phase, reconstruction kept while self-training).
+# DEC and IDEC use the same conv network as a plain autoencoder (z = mu, no prior KL).
+DEEP_METHODS = {
+    "dvc": (True, True, True),
+    "idec": (False, True, True),
+    "dec": (False, True, False),
+    "vae-kmeans": (True, False, False),
+    "ae-kmeans": (False, False, False),
+}
+# k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
+SHALLOW_METHODS = ("kmeans", "pca-kmeans")
+METHODS = (*DEEP_METHODS, *SHALLOW_METHODS)
+METHOD_NAMES = {"dvc": "Deep Variational Clustering", "idec": "IDEC (conv autoencoder)",
+                "dec": "DEC (conv autoencoder)", "vae-kmeans": "k-means on VAE latent means",
+                "ae-kmeans": "k-means on autoencoder codes", "kmeans": "k-means on pixels",
+                "pca-kmeans": "k-means on principal components"}
+
 
 @dataclass
 class Config:
     # --- problem -------------------------------------------------------------------------------
     n_clusters: int = 10
     seed: int = 0
+    method: str = "dvc"              # one of METHODS; the others are baselines for comparison
     # --- model (DESIGN.md §1) -------------------------------------------------------------------
     latent_dim: int = 10
     base_channels: int = 32          # width of the first conv block; doubles per block, capped at 256
@@ -75,6 +94,7 @@ class Config:
             need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
         for key in ("beta", "gamma", "tol", "min_delta"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
+        need(self.method in METHODS, "method", f"use one of {', '.join(METHODS)}")
         need(self.likelihood in ("bernoulli", "gaussian"), "likelihood", "use 'bernoulli' or 'gaussian'")
         need(self.recon_reduction in ("mean", "sum"), "recon_reduction", "use 'mean' or 'sum'")
         need(self.q_from in ("mean", "sample"), "q_from", "use 'mean' or 'sample'")
@@ -82,6 +102,18 @@ class Config:
         need(isinstance(self.prior_kl_in_clustering, bool), "prior_kl_in_clustering",
              "expected true or false")
         need(self.augment in (True, False, "auto"), "augment", "expected true, false or 'auto'")
+
+    @property
+    def variational(self) -> bool:
+        return DEEP_METHODS.get(self.method, (False,))[0]
+
+    @property
+    def self_training(self) -> bool:
+        return DEEP_METHODS.get(self.method, (False, False))[1]
+
+    @property
+    def recon_in_clustering(self) -> bool:
+        return DEEP_METHODS.get(self.method, (False, False, False))[2]
 
     def augment_for(self, shape: tuple[int, int, int]) -> bool:
         return bool(self.augment) if self.augment != "auto" else min(shape[1:]) >= 16

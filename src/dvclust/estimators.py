@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
+from .cluster import kmeans_centers, soft_assign
+from .config import SHALLOW_METHODS, Config
 from .data import ImageData, as_images, as_labels
 from .errors import DVClustError, NotFittedError
 from .io import load_checkpoint, save_checkpoint
@@ -35,6 +36,9 @@ class DVC:
     A convolutional VAE is pretrained on the ELBO, k-means on the posterior means initialises K
     centres, then encoder, decoder and centres are trained jointly on the ELBO plus
     gamma * KL(P || Q), DEC's self-training loss on the Student-t soft assignments Q.
+
+    `method="idec" | "dec" | "vae-kmeans" | "ae-kmeans"` runs a baseline in the same loop on the
+    same network (see config.DEEP_METHODS); `make_estimator` also covers the pixel baselines.
 
     Parameters
     ----------
@@ -103,7 +107,7 @@ class DVC:
             _load_weights(model, saved, ckpt)
             state, opt_state = TrainState.from_dict(saved["state"]), saved["optimizer"]
         extra = {"config": cfg.to_dict(), "shape": list(data.shape), "n_samples": len(data),
-                 "fingerprint": fingerprint, "versions": versions(), "method": "dvc"}
+                 "fingerprint": fingerprint, "versions": versions(), "method": cfg.method}
         st = train(model, data.images, cfg, dist, state, opt_state, data.labels, run_dir,
                    self.verbose, extra, _stop_after)
         self._set_fitted(model, cfg, data.shape, st.history, dist)
@@ -181,7 +185,7 @@ class DVC:
         """Write the fitted model to one checkpoint file (atomically)."""
         self._check_fitted()
         save_checkpoint(path, {"config": self.config_.to_dict(), "shape": list(self.input_shape_),
-                               "versions": versions(), "method": "dvc",
+                               "versions": versions(), "method": self.config_.method,
                                "model": self.model_.state_dict(), "optimizer": None,
                                "state": TrainState(phase="done", history=self.history_).to_dict()})
 
@@ -224,3 +228,156 @@ def _check_resumable(saved: dict, cfg: Config, data: ImageData, fingerprint: str
     if saved.get("fingerprint") != fingerprint or list(saved.get("shape", [])) != list(data.shape):
         raise DVClustError(f"{path}: cannot resume on different data (the checkpoint was trained "
                            f"on {saved.get('n_samples')} images of {saved.get('shape')})")
+
+
+class KMeansBaseline:
+    """k-means on the pixels (`method="kmeans"`) or on their first `latent_dim` principal
+    components (`method="pca-kmeans"`): the floor a deep method must clear. Same contract as DVC:
+    labels_, cluster_centers_, predict, predict_proba (Student-t q, as DVC), transform,
+    score_samples (minus the PCA reconstruction error, or minus the distance to the nearest centre
+    for raw pixels), predict_details, save/load."""
+
+    def __init__(self, n_clusters: int = 10, *, random_state: int = 0, verbose: bool = False,
+                 **params: Any):
+        self.n_clusters = n_clusters
+        self.random_state = random_state
+        self.verbose = verbose
+        self.params = {"method": "kmeans", **params}
+
+    get_params = DVC.get_params
+    _config = DVC._config
+    _images = DVC._images
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        """Pixels, projected on the principal components when there are any."""
+        if self.pca_components_ is None:
+            return np.concatenate(list(_pixels(images)))
+        return np.concatenate([(x - self.pca_mean_) @ self.pca_components_.T
+                               for x in _pixels(images)])
+
+    def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False,
+            _stop_after=None) -> "KMeansBaseline":
+        import time
+
+        from . import metrics
+
+        data = _as_data(X, y)
+        cfg = self._config()
+        if cfg.method not in SHALLOW_METHODS:
+            raise DVClustError(f"KMeansBaseline runs {' or '.join(SHALLOW_METHODS)}, not "
+                               f"{cfg.method!r}; use DVC(method={cfg.method!r})")
+        if cfg.n_clusters > len(data):
+            raise DVClustError(f"n_clusters={cfg.n_clusters} is larger than the number of images "
+                               f"({len(data)})")
+        t0 = time.perf_counter()
+        self.pca_mean_ = self.pca_components_ = None
+        if cfg.method == "pca-kmeans":
+            from sklearn.decomposition import PCA
+
+            rng = np.random.default_rng(cfg.seed)
+            rows = np.arange(len(data)) if len(data) <= cfg.kmeans_max_samples else \
+                np.sort(rng.choice(len(data), cfg.kmeans_max_samples, replace=False))
+            flat = np.concatenate(list(_pixels(data.images[rows])))
+            pca = PCA(n_components=min(cfg.latent_dim, *flat.shape), random_state=cfg.seed).fit(flat)
+            self.pca_mean_ = pca.mean_.astype(np.float32)
+            self.pca_components_ = pca.components_.astype(np.float32)
+        feats = self._features(data.images)
+        self.cluster_centers_ = kmeans_centers(feats, cfg.n_clusters, cfg.seed, cfg.kmeans_n_init,
+                                               cfg.kmeans_max_samples)
+        self.config_, self.input_shape_ = cfg, tuple(data.shape)
+        self._dist = Dist(0, 1, torch.device("cpu"))
+        self.labels_ = self._assign(feats).argmax(1)
+        row = {"phase": "kmeans", "epoch": 0, "seconds": time.perf_counter() - t0}
+        if data.labels is not None:
+            row.update({k: v for k, v in metrics.evaluate(data.labels, self.labels_).items()
+                        if k in ("acc", "nmi", "ari")})
+        self.history_, self.phase_ = [row], "done"
+        if run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self.save(Path(run_dir) / "checkpoint.pt")
+        return self
+
+    fit_predict = DVC.fit_predict
+
+    def _assign(self, feats: np.ndarray) -> np.ndarray:
+        return soft_assign(torch.from_numpy(feats), torch.from_numpy(self.cluster_centers_),
+                           self.config_.alpha).numpy()
+
+    def transform(self, X) -> np.ndarray:
+        return self._features(self._images(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self._assign(self.transform(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_proba(X).argmax(1)
+
+    def predict_details(self, X) -> dict[str, np.ndarray]:
+        images = self._images(X)
+        z = self._features(images)
+        q = self._assign(z)
+        d = torch.cdist(torch.from_numpy(z), torch.from_numpy(self.cluster_centers_)).min(1).values.numpy()
+        if self.pca_components_ is None:
+            outlier = d
+        else:  # squared error of the PCA reconstruction, per image
+            c = self.pca_components_
+            outlier = np.concatenate([((((x - self.pca_mean_) @ c.T) @ c - (x - self.pca_mean_))
+                                       ** 2).sum(1) for x in _pixels(images)])
+        return {"cluster": q.argmax(1), "confidence": q.max(1), "outlier_score": outlier,
+                "distance": d, "latent": z}
+
+    def score_samples(self, X) -> np.ndarray:
+        return -self.predict_details(X)["outlier_score"]
+
+    def save(self, path: str | Path) -> None:
+        self._check_fitted()
+        arrays = {"centers": self.cluster_centers_}
+        if self.pca_components_ is not None:
+            arrays.update(pca_mean=self.pca_mean_, pca_components=self.pca_components_)
+        save_checkpoint(path, {"config": self.config_.to_dict(), "shape": list(self.input_shape_),
+                               "versions": versions(), "method": self.config_.method,
+                               "model": {k: torch.from_numpy(v) for k, v in arrays.items()},
+                               "optimizer": None,
+                               "state": TrainState(phase="done", history=self.history_).to_dict()})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "KMeansBaseline":
+        saved = load_checkpoint(path)
+        try:
+            cfg = Config.from_dict(saved["config"], source=f"{path} (config)")
+            w = {k: v.numpy() for k, v in saved["model"].items()}
+            est = cls(cfg.n_clusters, random_state=cfg.seed,
+                      **{k: v for k, v in cfg.to_dict().items() if k not in ("n_clusters", "seed")})
+            est.cluster_centers_ = w["centers"]
+            est.pca_mean_, est.pca_components_ = w.get("pca_mean"), w.get("pca_components")
+            est.input_shape_ = tuple(int(s) for s in saved["shape"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DVClustError(f"{path}: refused: checkpoint lacks or garbles {e}") from None
+        est.config_, est._dist = cfg, Dist(0, 1, torch.device("cpu"))
+        est.history_, est.phase_ = saved["state"]["history"], "done"
+        return est
+
+
+def _pixels(images: np.ndarray, batch: int = 8192):
+    """Flattened [0, 1] float32 pixels in chunks: a store-backed array is never held as floats."""
+    for s in range(0, len(images), batch):
+        x = np.asarray(images[s:s + batch])
+        yield x.reshape(len(x), -1).astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+
+
+def make_estimator(method: str = "dvc", n_clusters: int = 10, *, random_state: int = 0,
+                   verbose: bool = False, **params: Any):
+    """The estimator for any method of the comparison (config.METHODS), one contract for all."""
+    cls = KMeansBaseline if method in SHALLOW_METHODS else DVC
+    return cls(n_clusters, random_state=random_state, verbose=verbose, method=method, **params)
+
+
+def load_model(path: str | Path, device: str | None = None):
+    """A saved model or run checkpoint of any method."""
+    saved = load_checkpoint(path)
+    method = (saved.get("config") or {}).get("method", "dvc")
+    return (KMeansBaseline if method in SHALLOW_METHODS else DVC).load(path, device)

@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from . import metrics
-from .config import Config
+from .config import SHALLOW_METHODS, Config
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
-from .estimators import DVC
+from .estimators import DVC, load_model, make_estimator
 from .io import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic, \
     write_text_atomic
 from .runtime import Dist, versions
@@ -103,9 +103,10 @@ def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray) -> dict:
     return m
 
 
-def _estimator(cfg: Config, verbose: bool) -> DVC:
-    return DVC(cfg.n_clusters, random_state=cfg.seed, verbose=verbose,
-               **{k: v for k, v in cfg.to_dict().items() if k not in ("n_clusters", "seed")})
+def _estimator(cfg: Config, verbose: bool):
+    return make_estimator(cfg.method, cfg.n_clusters, random_state=cfg.seed, verbose=verbose,
+                          **{k: v for k, v in cfg.to_dict().items()
+                             if k not in ("method", "n_clusters", "seed")})
 
 
 def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
@@ -118,6 +119,9 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
                            "continue it, or choose another --out")
     is_main = Dist.from_env(cfg.device).is_main  # joins the torchrun group, if any, first
     if auto_k is not None:
+        if cfg.method in SHALLOW_METHODS:
+            raise DVClustError(f"--clusters auto pretrains a network; method {cfg.method!r} has "
+                               "none, give K")
         k = choose_k(data, cfg, run_dir, source, resume, auto_k, verbose)
         cfg, resume = cfg.replace(n_clusters=k), True
         if is_main:
@@ -175,7 +179,7 @@ def load_run(run_dir: Path, device: str | None = None) -> DVC:
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.exists():
         raise DVClustError(f"{run_dir}: no checkpoint.pt; is this a dvclust run folder?")
-    model = DVC.load(ckpt, device=device)
+    model = load_model(ckpt, device=device)
     if model.phase_ != "done":
         raise DVClustError(f"{run_dir}: the run stopped in phase '{model.phase_}'; finish it with "
                            "`dvclust fit ... --resume` first")

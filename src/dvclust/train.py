@@ -44,11 +44,12 @@ HISTORY_KEYS = ("phase", "epoch", "loss", "recon", "kl", "clustering", "seconds"
 
 
 class DVCModel(nn.Module):
-    """The VAE and the cluster centres, as one module so DDP and checkpoints see both."""
+    """The VAE (a plain AE for DEC/IDEC) and the cluster centres, as one module so that DDP and
+    checkpoints see both."""
 
-    def __init__(self, shape, cfg: Config, variational: bool = True):
+    def __init__(self, shape, cfg: Config):
         super().__init__()
-        self.vae = ConvVAE(shape, cfg.latent_dim, cfg.base_channels, variational=variational)
+        self.vae = ConvVAE(shape, cfg.latent_dim, cfg.base_channels, variational=cfg.variational)
         self.head = ClusterHead(cfg.n_clusters, cfg.latent_dim, cfg.alpha)
 
     def forward(self, x: torch.Tensor, q_from: str = "mean"):
@@ -119,8 +120,10 @@ def encode_all(model: DVCModel, images: np.ndarray, dist: Dist, batch_size: int 
         mu, logvar = mu.float(), logvar.float()
         mu_out[s - rows.start:e - rows.start] = mu
         if neg_elbo:
-            ne_out[s - rows.start:e - rows.start] = recon_nll(out.float(), x, neg_elbo) + \
-                kl_prior(mu, logvar)
+            ne = recon_nll(out.float(), x, neg_elbo)
+            if model.vae.variational:  # an AE's outlier score is its reconstruction error alone
+                ne = ne + kl_prior(mu, logvar)
+            ne_out[s - rows.start:e - rows.start] = ne
     model.train(was_training)
     mu = dist.all_gather_rows(mu_out)
     return (mu, dist.all_gather_rows(ne_out)) if neg_elbo else mu
@@ -201,15 +204,17 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
                     out, mu, logvar, _ = net(x)
                 else:
                     out, mu, logvar, q = net(x, cfg.q_from)
+            zero = torch.zeros((), device=dist.device)
             rec = recon_nll(out.float(), x, cfg.likelihood).mean()
-            kl = kl_prior(mu.float(), logvar.float()).mean()
+            kl = kl_prior(mu.float(), logvar.float()).mean() if cfg.variational else zero
             beta = cfg.beta if (phase == "pretrain" or cfg.prior_kl_in_clustering) else 0.0
             loss = scale * (rec + beta * kl)
-            clu = torch.zeros((), device=dist.device)
+            clu = zero
             if phase == "cluster":
                 p = targets[idx.to(targets.device)]
                 clu = kl_clustering_loss(p, q.float())
-                loss = loss + cfg.gamma * clu
+                # DEC drops the decoder once clustering starts; the others keep the ELBO / recon
+                loss = (loss if cfg.recon_in_clustering else zero) + cfg.gamma * clu
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -276,14 +281,16 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
             row.update({k: v for k, v in metrics.evaluate(y, labels).items() if k in HISTORY_KEYS})
         st.history.append(row)
         log(_describe(row))
-        st.phase, st.epoch = "cluster", 0
+        # ae-kmeans / vae-kmeans end here: the k-means labels are their result
+        st.phase, st.epoch = ("cluster" if cfg.self_training else "done"), 0
         checkpoint(None)
         if stop_after and stop_after(st):
             return st
 
     # ---- phase 3: joint self-training ------------------------------------------------------
     if st.phase == "cluster":
-        net = DDP(model) if dist.active else model
+        # DEC's loss leaves the decoder out: DDP must be told to expect parameters without grads
+        net = DDP(model, find_unused_parameters=not cfg.recon_in_clustering) if dist.active else model
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         if optimizer_state is not None:
             opt.load_state_dict(optimizer_state)

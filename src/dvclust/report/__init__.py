@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import METHOD_NAMES
 from ..curate import cluster_name, load_names, review_queue
 from ..io import write_text_atomic
 from ..losses import reconstruct
@@ -86,7 +87,7 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
     sizes = np.bincount(clusters, minlength=k)
     parts = [f"<h1>dvclust report: {html.escape(run_dir.name)}</h1>",
              f"<p>{n:,} images from <code>{html.escape(str(rec['data']['source']))}</code> in {k} "
-             f"clusters. Method: Deep Variational Clustering (latent {cfg.latent_dim}, "
+             f"clusters. Method: {html.escape(METHOD_NAMES[cfg.method])} (latent {cfg.latent_dim}, "
              f"beta {cfg.beta}, gamma {cfg.gamma}, seed {cfg.seed}).</p>"]
 
     # metrics and confusion matrix, when labels are known
@@ -131,15 +132,17 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
         maps += svg.scatter(xy, lab["label"].astype(int)[pick], {}, f"latent means ({how}), by known label")
     parts.append(f"<h2>Latent space</h2><p>{len(pick):,} sampled images.</p>{maps}")
 
-    # reconstructions
+    # reconstructions (the pixel baselines have no decoder)
     few = imgs[:8]
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(few)).to(model._dist.device)
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        mu, _ = model.model_.vae.encode(x)
-        rec_ = reconstruct(model.model_.vae.decoder(mu)).float().cpu().numpy()
-    parts.append("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
-                 f"<div>{''.join(_png(a) for a in few)}</div><div>{''.join(_png(a) for a in rec_)}</div>")
+    if hasattr(model, "model_"):
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(few)).to(model._dist.device)
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            mu, _ = model.model_.vae.encode(x)
+            rec_ = reconstruct(model.model_.vae.decoder(mu)).float().cpu().numpy()
+        parts.append("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
+                     f"<div>{''.join(_png(a) for a in few)}</div>"
+                     f"<div>{''.join(_png(a) for a in rec_)}</div>")
 
     # review queue
     queue = review_queue(run_dir, 10)
@@ -148,9 +151,11 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
           f"{r['outlier_score']:.1f}", r["reason"]] for r in queue],
         ["source", "cluster", "confidence", "outlier score", "why"]))
 
-    # training curves
-    with open(run_dir / "history.csv") as f:
-        hist = list(csv.DictReader(f))
+    # training curves (the pixel baselines have none)
+    hist = []
+    if (run_dir / "history.csv").exists():
+        with open(run_dir / "history.csv") as f:
+            hist = list(csv.DictReader(f))
     num = lambda r, key: float(r[key]) if r.get(key) else None  # noqa: E731
     pre = [r for r in hist if r["phase"] == "pretrain"]
     clu = [r for r in hist if r["phase"] == "cluster"]
@@ -164,7 +169,8 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
             series["ACC"] = ([int(r["epoch"]) for r in tgt], [num(r, "acc") for r in tgt])
             series["NMI"] = ([int(r["epoch"]) for r in tgt], [num(r, "nmi") for r in tgt])
         charts += svg.lines(series, "at each target update (clustering epoch)")
-    parts.append(f"<h2>Training</h2>{charts}")
+    if pre:
+        parts.append(f"<h2>Training</h2>{charts}")
 
     parts.append("<h2>Configuration and versions</h2>" + _table(
         [[key, value] for key, value in cfg.to_dict().items()] +

@@ -1,0 +1,286 @@
+"""The comparison: datasets x methods x seeds -> ACC/NMI/ARI (mean ± std), per-class recall on the
+imbalanced sets, wall time and peak RSS, plus how often a label-free rule picks the best seed.
+
+Methods: dvclust's own (kmeans, pca-kmeans, ae-kmeans, vae-kmeans, dec, idec, dvc; one training
+loop), ablations written as METHOD[key=value,...] (e.g. "dvc[gamma=0.01]"), and ClustPy's DEC,
+IDEC and VaDE with their own defaults ("clustpy-dec", "clustpy-idec", "clustpy-vade"), run in a
+separate virtual environment that `--clustpy` creates on first use (bench/.venv-clustpy).
+
+Each run is its own process (so peak RSS is that run's), `--jobs` run at once with
+`--threads` torch threads each. Rows are appended to bench/results/<tag>.jsonl as they finish, and
+runs already there are skipped, so an interrupted benchmark continues where it stopped. The
+tables go to bench/results/<tag>.csv and to the block bench_methods:<tag> of bench/RESULTS.md.
+
+    python bench/bench_methods.py --datasets digits retina --seeds 0 1 2 --clustpy
+    python bench/bench_methods.py --datasets retina --methods "dvc[gamma=0.01]" "dvc[q_from=sample]"
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench_dvc import DATASETS, dataset_spec, parse_value
+from results_md import write_block
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CLUSTPY_VENV = HERE / ".venv-clustpy"
+OURS = ("kmeans", "pca-kmeans", "ae-kmeans", "vae-kmeans", "dec", "idec", "dvc")
+CLUSTPY = ("clustpy-dec", "clustpy-idec", "clustpy-vade")
+IMBALANCED = ("retina", "pneumonia", "chest64")
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'dvc[gamma=0.01,q_from=sample]' -> ('dvc', {'gamma': 0.01, 'q_from': 'sample'})."""
+    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
+    if not m:
+        raise SystemExit(f"method {spec!r}: expected NAME or NAME[key=value,...]")
+    sets = [s for s in (m.group(2) or "").split(",") if s]
+    return m.group(1), {k: parse_value(v) for k, v in (s.split("=", 1) for s in sets)}
+
+
+def load(dataset: str):
+    from dvclust import load_dataset
+    from dvclust.data import ReadOptions
+
+    src, k, split, opts = dataset_spec(dataset)
+    data = load_dataset(src, split=split, **({"options": ReadOptions(**opts)} if opts else {}),
+                        verbose=False)
+    return data, k
+
+
+def labels_path(tag: str, dataset: str, method: str, seed: int) -> Path:
+    safe = re.sub(r"[^\w.=-]+", "_", f"{dataset}__{method}__{seed}")
+    return RESULTS / "labels" / tag / f"{safe}.npy"
+
+
+# ----------------------------------------------------------------------------------------------
+# one run, in its own process
+# ----------------------------------------------------------------------------------------------
+def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
+    import torch
+
+    from dvclust import make_estimator, metrics
+    from dvclust.select import silhouette
+
+    torch.set_num_threads(threads)
+    data, k = load(dataset)
+    method, overrides = parse_method(spec)
+    out = labels_path(tag, dataset, spec, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if method.startswith("clustpy-"):
+        cache = RESULTS / "cache" / f"{dataset}.npy"
+        if not cache.exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, np.asarray(data.images))
+        p = subprocess.run([str(CLUSTPY_VENV / "bin" / "python"), str(HERE / "clustpy_worker.py"),
+                            str(cache), str(k), str(seed), method.split("-", 1)[1],
+                            str(out.with_suffix(""))], capture_output=True, text=True,
+                           env={**os.environ, "BENCH_THREADS": str(threads)})
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"ClustPy {method} failed:\n{p.stderr[-2000:]}")
+        res = json.loads(line[7:])
+        labels = np.load(str(out.with_suffix("")) + "_labels.npy")
+        latent = np.load(str(out.with_suffix("")) + "_latent.npy")
+        wall, rss, final_loss = res["wall_s"], res["peak_rss_mb"], None
+        np.save(out, labels)
+    else:
+        t0 = time.perf_counter()
+        est = make_estimator(method, k, random_state=seed, **overrides).fit(data)
+        wall = time.perf_counter() - t0
+        labels, latent = est.labels_, est.transform(data)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        last = [r for r in est.history_ if r.get("loss") is not None]
+        final_loss = last[-1]["loss"] if last else None
+        np.save(out, labels.astype(np.int64))
+    ev = metrics.evaluate(data.labels, labels)
+    return {"dataset": dataset, "method": spec, "seed": seed, "n": len(data), "k": k,
+            "acc": ev["acc"], "nmi": ev["nmi"], "ari": ev["ari"],
+            "per_class_recall": ev["per_class_recall"], "cluster_sizes": ev["cluster_sizes"],
+            "silhouette": silhouette(latent, labels, seed=seed), "final_loss": final_loss,
+            "wall_s": wall, "peak_rss_mb": rss, "threads": threads,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------
+def mean_std(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    out = []
+    for (ds, method), rs in groups.items():
+        rs.sort(key=lambda r: r["seed"])
+        recall = {}
+        for c in rs[0]["per_class_recall"]:
+            recall[c] = statistics.mean(r["per_class_recall"][c] for r in rs)
+        out.append({"dataset": ds, "method": method, "seeds": len(rs),
+                    **{m: [r[m] for r in rs] for m in ("acc", "nmi", "ari", "wall_s", "peak_rss_mb")},
+                    "recall": recall})
+    return out
+
+
+def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
+    """For each (dataset, method) with >= 3 seeds: the seed each label-free rule picks, against
+    the seed that labels would pick (highest ACC)."""
+    from dvclust.select import consensus_scores, pick
+
+    lines, hits = [], {"consensus": 0, "silhouette": 0, "random": 0.0, "groups": 0}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    for (ds, method), rs in groups.items():
+        if len(rs) < 3:
+            continue
+        rs.sort(key=lambda r: r["seed"])
+        paths = [labels_path(tag, ds, method, r["seed"]) for r in rs]
+        if not all(p.exists() for p in paths):  # labels stay on the machine that ran them
+            continue
+        labs = [np.load(p) for p in paths]
+        best = int(np.argmax([r["acc"] for r in rs]))
+        by_consensus = pick(consensus_scores(labs))
+        by_silhouette = pick(np.array([r["silhouette"] for r in rs]))
+        hits["groups"] += 1
+        hits["consensus"] += by_consensus == best
+        hits["silhouette"] += by_silhouette == best
+        hits["random"] += 1 / len(rs)
+        acc = [r["acc"] for r in rs]
+        lines.append(f"| {ds} | {method} | {rs[best]['seed']} ({acc[best]:.3f}) | "
+                     f"{rs[by_consensus]['seed']} ({acc[by_consensus]:.3f}) | "
+                     f"{rs[by_silhouette]['seed']} ({acc[by_silhouette]:.3f}) | "
+                     f"{statistics.mean(acc):.3f} |")
+    return lines, hits
+
+
+def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
+    summ = summary(rows)
+    with open(RESULTS / f"{tag}.csv.tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "method", "seed", "acc", "nmi", "ari", "silhouette", "wall_s",
+                    "peak_rss_mb", "threads", "per_class_recall"])
+        for r in rows:
+            w.writerow([r["dataset"], r["method"], r["seed"], f"{r['acc']:.4f}", f"{r['nmi']:.4f}",
+                        f"{r['ari']:.4f}", f"{r['silhouette']:.4f}", f"{r['wall_s']:.1f}",
+                        f"{r['peak_rss_mb']:.0f}", r["threads"], json.dumps(r["per_class_recall"])])
+    os.replace(RESULTS / f"{tag}.csv.tmp", RESULTS / f"{tag}.csv")
+    md = ["| dataset | method | seeds | ACC | NMI | ARI | per-class recall (mean) | wall s | "
+          "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for ds in dict.fromkeys(s["dataset"] for s in summ):
+        group = [s for s in summ if s["dataset"] == ds]
+        top = max(statistics.mean(s["nmi"]) for s in group)
+        for s in group:
+            nmi = mean_std(s["nmi"])
+            rec = ", ".join(f"{c}: {v:.2f}" for c, v in s["recall"].items()) \
+                if ds in IMBALANCED else ""
+            md.append(f"| {ds} | {s['method']} | {s['seeds']} | {mean_std(s['acc'])} | "
+                      + (f"**{nmi}**" if statistics.mean(s["nmi"]) == top else nmi)
+                      + f" | {mean_std(s['ari'])} | {rec} | {statistics.median(s['wall_s']):.0f} | "
+                      f"{max(s['peak_rss_mb']):.0f} |")
+    sel, hits = selection(rows, tag)
+    commands = list(dict.fromkeys(r.get("command", command) for r in rows))
+    body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
+            "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
+            f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "
+            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *md]
+    if sel:
+        n = hits["groups"]
+        body += ["", "Label-free choice of seed (see dvclust.select): the seed each rule picks and its "
+                 "ACC, against the seed the labels would pick.", "",
+                 "| dataset | method | best by ACC | consensus pick | silhouette pick | mean ACC |",
+                 "|---|---|---|---|---|---|", *sel, "",
+                 f"Picked the labels' best seed: consensus {hits['consensus']}/{n}, silhouette "
+                 f"{hits['silhouette']}/{n}; a random pick would be expected to get "
+                 f"{hits['random']:.1f}/{n}."]
+    write_block(f"bench_methods:{tag}", "\n".join(body))
+
+
+# ----------------------------------------------------------------------------------------------
+def ensure_clustpy() -> None:
+    """The ClustPy environment: its own torch (with torchvision), never dvclust's."""
+    py = CLUSTPY_VENV / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import clustpy"]).returncode == 0:
+        return
+    print(f"creating {CLUSTPY_VENV} (torch 2.14.1 + torchvision 0.29.1 + clustpy) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(CLUSTPY_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.14.1", "torchvision==0.29.1"], check=True)
+    subprocess.run(pip + ["clustpy"], check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), help=", ".join(DATASETS))
+    ap.add_argument("--methods", nargs="+", default=list(OURS))
+    ap.add_argument("--clustpy", action="store_true", help="add ClustPy's DEC, IDEC and VaDE")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores/jobs)")
+    ap.add_argument("--tag", default="methods")
+    ap.add_argument("--tables-only", action="store_true", help="rewrite the tables from the jsonl")
+    ap.add_argument("--one", nargs=3, metavar=("DATASET", "METHOD", "SEED"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    if a.one:
+        print("RESULT " + json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a.tag, threads)), flush=True)
+        return
+    RESULTS.mkdir(exist_ok=True)
+    log = RESULTS / f"{a.tag}.jsonl"
+    rows = [json.loads(ln) for ln in open(log)] if log.exists() else []
+    command = "python bench/bench_methods.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    methods = a.methods + (list(CLUSTPY) if a.clustpy else [])
+    if a.clustpy:
+        ensure_clustpy()
+    done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
+    todo = [(d, m, s) for d in a.datasets for m in methods for s in a.seeds if (d, m, s) not in done]
+
+    def run(job):
+        d, m, s = job
+        p = subprocess.run([sys.executable, __file__, "--tag", a.tag, "--threads", str(threads),
+                            "--one", d, m, str(s)], capture_output=True, text=True)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{d} {m} seed {s} FAILED:\n{p.stderr[-2000:]}", flush=True)
+            return None
+        return json.loads(line[7:])
+
+    if not a.tables_only:
+        with ThreadPoolExecutor(a.jobs) as pool:
+            for row in pool.map(run, todo):
+                if row is None:
+                    continue
+                row["command"] = command
+                rows.append(row)
+                with open(log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{row['dataset']} {row['method']} seed {row['seed']}: ACC {row['acc']:.4f} "
+                      f"NMI {row['nmi']:.4f} ARI {row['ari']:.4f} {row['wall_s']:.0f}s "
+                      f"RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                write_tables(rows, a.tag, command)
+    if rows:
+        write_tables(rows, a.tag, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The report, review queue and exports on a run over many images: time and peak RSS of each
+command on a store of N synthetic 28x28 images (bench_scale's blobs), after a short CLI fit
+(one epoch per phase: this measures the tools after training, not clustering quality).
+
+    python bench/bench_report.py --n 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_scale import synth_chunks
+from results_md import write_block
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(args: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MB) of one dvclust command, run in a child process."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-c", "import resource, sys, runpy; sys.argv = ['dvclust'] + sys.argv[1:];"
+           "\ntry:\n    runpy.run_module('dvclust', run_name='__main__')\nfinally:\n"
+           "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)",
+           *args]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    m = re.search(r"PEAK_RSS_KB (\d+)", p.stderr)
+    if p.returncode != 0 or not m:
+        sys.exit(f"dvclust {' '.join(args)} failed:\n{p.stderr[-3000:]}")
+    return wall, int(m.group(1)) / 1024, p.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    a = ap.parse_args()
+    from dvclust.data.store import write_array_store
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=HERE) as tmp:
+        store = write_array_store(Path(tmp) / "store", synth_chunks(a.n))
+        run = Path(tmp) / "run"
+        steps = [
+            ("fit (1 epoch per phase)", ["fit", str(store), "--clusters", "10", "--out", str(run), "-q",
+                                         "--set", "pretrain_epochs=1", "--set", "cluster_epochs=1"]),
+            ("report", ["report", str(run)]),
+            ("review --n 200", ["review", str(run), "--n", "200"]),
+            ("export csv", ["export", str(run), "--format", "csv"]),
+            ("export labelstudio", ["export", str(run), "--format", "labelstudio"]),
+        ]
+        for name, args in steps:
+            wall, rss, _ = timed(args)
+            rows.append((name, wall, rss))
+            print(f"{name}: {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
+        html = (run / "report.html").read_text()
+        size_mb = len(html.encode()) / 2**20
+        sections = [s for s in ("Galleries", "Latent space", "Reconstructions", "Worth a look",
+                                "Training", "Configuration") if f"<h2>{s}" in html]
+        images = html.count("<img")
+    lines = ["| command | wall s | peak RSS MB |", "|---|---|---|"]
+    lines += [f"| `dvclust {n}` | {w:.1f} | {r:.0f} |" for n, w, r in rows]
+    lines.append(f"\nreport.html: {size_mb:.1f} MB, {images} embedded images, sections: "
+                 f"{', '.join(sections)}")
+    write_block("bench_report", f"## bench_report: report, review and exports on {a.n:,} images\n\n"
+                f"Command: `python bench/bench_report.py --n {a.n}`  \n"
+                f"Run on: {time.strftime('%Y-%m-%d')}, this 2-core CPU\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Label-free choice among runs (seeds or configs) of the same data: users have no labels.
+
+Two rules, both measured in bench/RESULTS.md (block bench_methods):
+
+- consensus: the run whose labels agree most (mean NMI) with the other runs' labels. A seed that
+  fell into a bad optimum (two classes merged, one split) disagrees with the rest; the runs that
+  found the common structure agree with each other. Needs only the labels, and >= 3 runs to mean
+  anything (with 2 runs both score the same).
+- silhouette: the run whose labels have the highest silhouette on its own latent means (sampled).
+  Comparable across seeds of one config; across configs with different latent spaces it is not.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+
+from .errors import DVClustError
+
+
+def consensus_scores(labelings: list[np.ndarray]) -> np.ndarray:
+    """Mean NMI of each labelling with every other one (higher = more typical)."""
+    if len(labelings) < 2:
+        raise DVClustError(f"choosing among runs needs at least 2 of them, got {len(labelings)}")
+    n = {len(lab) for lab in labelings}
+    if len(n) > 1:
+        raise DVClustError(f"the runs label different numbers of images ({sorted(n)}); "
+                           "compare runs of the same data only")
+    m = len(labelings)
+    pair = np.eye(m)
+    for i in range(m):
+        for j in range(i + 1, m):
+            pair[i, j] = pair[j, i] = normalized_mutual_info_score(labelings[i], labelings[j])
+    return (pair.sum(1) - 1.0) / (m - 1)
+
+
+def silhouette(latents: np.ndarray, labels: np.ndarray, n: int = 5000, seed: int = 0) -> float:
+    """Silhouette of `labels` on `latents`, on a seeded sample of n rows (it is quadratic)."""
+    if len(np.unique(labels)) < 2:
+        return -1.0  # everything in one cluster: the worst possible answer
+    rows = np.random.default_rng(seed).permutation(len(labels))[:n]
+    return float(silhouette_score(latents[rows], labels[rows]))
+
+
+def pick(scores: np.ndarray) -> int:
+    """Index of the best score; ties go to the earliest run."""
+    return int(np.argmax(np.round(scores, 12)))
