@@ -41,6 +41,7 @@ CLUSTPY_VENV = HERE / ".venv-clustpy"
 OURS = ("kmeans", "pca-kmeans", "ae-kmeans", "vae-kmeans", "dec", "idec", "dvc")
 CLUSTPY = ("clustpy-dec", "clustpy-idec", "clustpy-vade")
 IMBALANCED = ("retina", "pneumonia", "chest64")
+RULES = ("consensus", "balance", "silhouette")  # label-free choice among seeds (dvclust.select)
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -144,10 +145,12 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
     """For each (dataset, method) with >= 3 seeds: the seed each label-free rule picks, against
-    the seed that labels would pick (highest ACC)."""
-    from dvclust.select import consensus_scores, pick
+    the seeds that labels would pick (highest ACC) and avoid (lowest ACC)."""
+    from dvclust.select import balance, consensus_scores, pick
 
-    lines, hits = [], {"consensus": 0, "silhouette": 0, "random": 0.0, "groups": 0}
+    lines = []
+    tally = {rule: {"best": 0, "worst": 0, "acc": []} for rule in RULES}
+    tally["all seeds"] = {"acc": []}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
@@ -158,20 +161,21 @@ def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
         paths = [labels_path(tag, ds, method, r["seed"]) for r in rs]
         if not all(p.exists() for p in paths):  # labels stay on the machine that ran them
             continue
-        labs = [np.load(p) for p in paths]
-        best = int(np.argmax([r["acc"] for r in rs]))
-        by_consensus = pick(consensus_scores(labs))
-        by_silhouette = pick(np.array([r["silhouette"] for r in rs]))
-        hits["groups"] += 1
-        hits["consensus"] += by_consensus == best
-        hits["silhouette"] += by_silhouette == best
-        hits["random"] += 1 / len(rs)
         acc = [r["acc"] for r in rs]
-        lines.append(f"| {ds} | {method} | {rs[best]['seed']} ({acc[best]:.3f}) | "
-                     f"{rs[by_consensus]['seed']} ({acc[by_consensus]:.3f}) | "
-                     f"{rs[by_silhouette]['seed']} ({acc[by_silhouette]:.3f}) | "
-                     f"{statistics.mean(acc):.3f} |")
-    return lines, hits
+        labs = [np.load(p) for p in paths]
+        picks = {"consensus": pick(consensus_scores(labs)),
+                 "balance": pick(np.array([balance(lab, r["k"]) for lab, r in zip(labs, rs)])),
+                 "silhouette": pick(np.array([r["silhouette"] for r in rs]))}
+        best, worst = int(np.argmax(acc)), int(np.argmin(acc))
+        for rule, i in picks.items():
+            tally[rule]["best"] += i == best
+            tally[rule]["worst"] += i == worst
+            tally[rule]["acc"].append(acc[i])
+        tally["all seeds"]["acc"].append(statistics.mean(acc))
+        lines.append(f"| {ds} | {method} | {acc[best]:.3f} | {acc[worst]:.3f} | "
+                     f"{statistics.mean(acc):.3f} | "
+                     + " | ".join(f"{acc[picks[rule]]:.3f}" for rule in RULES) + " |")
+    return lines, tally
 
 
 def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
@@ -205,14 +209,19 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
             f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "
             "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *md]
     if sel:
-        n = hits["groups"]
-        body += ["", "Label-free choice of seed (see dvclust.select): the seed each rule picks and its "
-                 "ACC, against the seed the labels would pick.", "",
-                 "| dataset | method | best by ACC | consensus pick | silhouette pick | mean ACC |",
-                 "|---|---|---|---|---|---|", *sel, "",
-                 f"Picked the labels' best seed: consensus {hits['consensus']}/{n}, silhouette "
-                 f"{hits['silhouette']}/{n}; a random pick would be expected to get "
-                 f"{hits['random']:.1f}/{n}."]
+        n = len(sel)
+        body += ["", "Label-free choice among seeds (dvclust.select, `dvclust pick`): the ACC of the seed "
+                 "each rule picks, beside the best, worst and mean ACC over the seeds.", "",
+                 "| dataset | method | best seed | worst seed | mean | "
+                 + " | ".join(f"{rule} pick" for rule in RULES) + " |",
+                 "|---|---|---|---|---|" + "---|" * len(RULES), *sel, ""]
+        mean_all = statistics.mean(hits["all seeds"]["acc"])
+        for rule in RULES:
+            t = hits[rule]
+            body.append(f"- {rule}: picked the best seed in {t['best']}/{n} groups and the worst in "
+                        f"{t['worst']}/{n} (a random pick: {n / 3:.1f} each with 3 seeds); mean ACC "
+                        f"of its picks {statistics.mean(t['acc']):.4f} against {mean_all:.4f} for a "
+                        "random seed.")
     write_block(f"bench_methods:{tag}", "\n".join(body))
 
 

@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 from conftest import FAST
 from dvclust import DVC, DVClustError, KMeansBaseline, NotFittedError, load_model, make_estimator
 from dvclust.config import METHODS
-from dvclust.select import consensus_scores, pick, silhouette
+from dvclust.select import balance, consensus_scores, pick, silhouette
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,30 @@ def test_silhouette_prefers_the_true_partition():
     truth = np.repeat(np.arange(3), 60)
     assert silhouette(z, truth) > silhouette(z, rng.permutation(truth)) + 0.5
     assert silhouette(z, np.zeros(180, int)) == -1.0
+
+
+def test_balance_penalises_merged_clusters():
+    truth = np.repeat(np.arange(4), 50)
+    merged = np.where(truth == 3, 2, truth)
+    assert balance(truth, 4) == pytest.approx(1.0)
+    assert balance(merged, 4) < 0.9 and balance(np.zeros(10, int), 4) == 0.0
+
+
+def test_pick_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from dvclust.cli import app
+
+    runs = []
+    for s in (0, 1, 2):
+        r = tmp_path / f"s{s}"
+        res = CliRunner().invoke(app, ["fit", "digits", "-k", "5", "--out", str(r), "-q", "--seed",
+                                       str(s), "--method", "kmeans", "--set", "kmeans_n_init=1"])
+        assert res.exit_code == 0, res.output
+        runs.append(str(r))
+    for rule in ("consensus", "balance", "silhouette"):
+        res = CliRunner().invoke(app, ["pick", *runs, "--rule", rule])
+        assert res.exit_code == 0, res.output
+        assert res.output.count("->") == 1 and "chosen:" in res.output
+    res = CliRunner().invoke(app, ["pick", runs[0]])
+    assert res.exit_code == 2 and "at least 2" in res.output

@@ -242,17 +242,22 @@ def suggest_k(
 @clean_errors
 def pick(
     run_dirs: List[Path] = typer.Argument(..., help="finished runs on the same data (seeds or configs)"),
-    rule: str = typer.Option("consensus", help="consensus (agreement with the other runs) or "
-                                               "silhouette (on each run's latent means)"),
+    rule: str = typer.Option("consensus", help="consensus (agreement with the other runs), "
+                             "balance (evenest cluster sizes) or silhouette (on latent means)"),
 ):
-    """Choose among runs without labels: the one the other runs agree with most (default)."""
-    from .select import consensus_scores, pick as best, silhouette
+    """Choose among runs without labels (bench/RESULTS.md measures each rule)."""
+    from .select import balance, consensus_scores, pick as best, silhouette
 
-    if rule not in ("consensus", "silhouette"):
-        raise DVClustError(f"--rule {rule!r}: use consensus or silhouette")
+    if rule not in ("consensus", "balance", "silhouette"):
+        raise DVClustError(f"--rule {rule!r}: use consensus, balance or silhouette")
     labels = [read_labels(r)["cluster"].astype(int) for r in run_dirs]
+    if len(labels) < 2:
+        raise DVClustError(f"choosing among runs needs at least 2 of them, got {len(labels)}")
     if rule == "consensus":
         scores = consensus_scores(labels)
+    elif rule == "balance":
+        scores = np.array([balance(lab, read_run_config(r)[0].n_clusters)
+                           for r, lab in zip(run_dirs, labels)])
     else:
         scores = np.array([silhouette(load_run(r).transform(run_source(r).load(verbose=False)), lab)
                            for r, lab in zip(run_dirs, labels)])

@@ -2,12 +2,14 @@
 self, learned state ends in `_`, and an unfitted model raises NotFittedError."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import metrics
 from .cluster import kmeans_centers, soft_assign
 from .config import SHALLOW_METHODS, Config
 from .data import ImageData, as_images, as_labels
@@ -261,10 +263,6 @@ class KMeansBaseline:
 
     def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False,
             _stop_after=None) -> "KMeansBaseline":
-        import time
-
-        from . import metrics
-
         data = _as_data(X, y)
         cfg = self._config()
         if cfg.method not in SHALLOW_METHODS:

@@ -8,6 +8,9 @@ Two rules, both measured in bench/RESULTS.md (block bench_methods):
   anything (with 2 runs both score the same).
 - silhouette: the run whose labels have the highest silhouette on its own latent means (sampled).
   Comparable across seeds of one config; across configs with different latent spaces it is not.
+- balance: the run whose cluster sizes have the highest entropy. DEC-style self-training fails by
+  merging clusters (one grows, another empties), which lowers it. It assumes the classes are not
+  very unequal, so it is a poor rule for strongly imbalanced data.
 """
 from __future__ import annotations
 
@@ -39,6 +42,15 @@ def silhouette(latents: np.ndarray, labels: np.ndarray, n: int = 5000, seed: int
         return -1.0  # everything in one cluster: the worst possible answer
     rows = np.random.default_rng(seed).permutation(len(labels))[:n]
     return float(silhouette_score(latents[rows], labels[rows]))
+
+
+def balance(labels: np.ndarray, n_clusters: int | None = None) -> float:
+    """Entropy of the cluster sizes over log K: 1 for equal sizes, 0 for a single cluster."""
+    sizes = np.bincount(np.asarray(labels), minlength=n_clusters or 0).astype(float)
+    if len(sizes) < 2:
+        return 0.0
+    p = sizes[sizes > 0] / sizes.sum()
+    return float(-(p * np.log(p)).sum() / np.log(len(sizes)))
 
 
 def pick(scores: np.ndarray) -> int:
