@@ -26,7 +26,11 @@ FORMAT = "dvclust-checkpoint"
 FORMAT_VERSION = 1
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb"):
+    """Open a temporary file beside `path`; on success it is flushed, synced and renamed over
+    `path`; on any error it is removed and `path` keeps its previous content. For outputs too big
+    to build in memory first (a Label Studio task list of 10^6 images, say)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +39,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise DVClustError(f"{path.parent}: cannot write output here ({e.strerror or e})") from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +49,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         kept = " (the previous version is kept)" if path.exists() else ""
         raise DVClustError(f"{path}: write failed: {e.strerror or e}{kept}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
