@@ -104,6 +104,26 @@ def test_parallel_build_matches_serial(tmp_path):
     assert a.sources == b.sources and np.array_equal(a.images[:], b.images[:])
 
 
+
+def _load_shared_store(args):
+    root, store = args
+    d = load_dataset(root, options=OPTS, store=store, workers=1)
+    return len(d), int(np.asarray(d.images[:]).sum())
+
+
+def test_concurrent_runs_share_one_store(tmp_path):
+    """Seeds launched at once on one folder: one builds, the others wait and reuse (a race on
+    images.u8.tmp made one of three benchmark runs fail before the store was locked)."""
+    import multiprocessing as mp
+
+    root = tmp_path / "shared"
+    rng = np.random.default_rng(2)
+    for i in range(300):
+        _png(root / f"{i:03d}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    with mp.get_context("fork").Pool(4) as pool:
+        out = pool.map(_load_shared_store, [(root, tmp_path / "store")] * 4)
+    assert len(set(out)) == 1 and out[0][0] == 300
+
 # ---- DICOM ------------------------------------------------------------------------------------
 def _dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None,
            frames=1, syntax=None):

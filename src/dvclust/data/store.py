@@ -98,6 +98,29 @@ def build_or_reuse(root: Path, opts: ReadOptions, store: Path | None = None,
         raise DVClustError(f"{root}: holds no image, DICOM or NIfTI files "
                            f"(looked for {', '.join(imagefile.SUFFIXES + dicom.SUFFIXES + nifti.SUFFIXES)})")
     state = _file_state(root, files)
+    store.mkdir(parents=True, exist_ok=True)
+    # Several runs may start on the same folder at once (three seeds, say): one builds, the
+    # others wait for the lock and then reuse its store instead of racing on the same files.
+    with _locked(store / ".lock"):
+        return _reuse_or_build(root, files, state, opts, store, workers, verbose)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; concurrent builds of one store are then unsafe
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _reuse_or_build(root, files, state, opts, store, workers, verbose) -> Path:
     manifest = store / "manifest.json"
     if manifest.exists():
         old = json.loads(manifest.read_text())
