@@ -242,8 +242,8 @@ def suggest_k(
 @clean_errors
 def pick(
     run_dirs: List[Path] = typer.Argument(..., help="finished runs on the same data (seeds or configs)"),
-    rule: str = typer.Option("consensus", help="consensus (agreement with the other runs), "
-                             "balance (evenest cluster sizes) or silhouette (on latent means)"),
+    rule: str = typer.Option("silhouette", help="silhouette (on each run's latent means), consensus "
+                             "(agreement with the other runs) or balance (evenest cluster sizes)"),
 ):
     """Choose among runs without labels (bench/RESULTS.md measures each rule)."""
     from .select import balance, consensus_scores, pick as best, silhouette
