@@ -186,10 +186,7 @@ class DVC:
     def save(self, path: str | Path) -> None:
         """Write the fitted model to one checkpoint file (atomically)."""
         self._check_fitted()
-        save_checkpoint(path, {"config": self.config_.to_dict(), "shape": list(self.input_shape_),
-                               "versions": versions(), "method": self.config_.method,
-                               "model": self.model_.state_dict(), "optimizer": None,
-                               "state": TrainState(phase="done", history=self.history_).to_dict()})
+        _save_fitted(self, path, self.model_.state_dict())
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "DVC":
@@ -211,6 +208,14 @@ class DVC:
         est._set_fitted(model, cfg, shape, saved["state"]["history"], dist)
         est.phase_ = saved["state"]["phase"]
         return est
+
+
+def _save_fitted(est, path: str | Path, weights: dict) -> None:
+    """One checkpoint layout for a fitted model of any method (what load_model reads)."""
+    save_checkpoint(path, {"config": est.config_.to_dict(), "shape": list(est.input_shape_),
+                           "versions": versions(), "method": est.config_.method,
+                           "model": weights, "optimizer": None,
+                           "state": TrainState(phase="done", history=est.history_).to_dict()})
 
 
 def _load_weights(model: DVCModel, saved: dict, path: Path) -> None:
@@ -336,11 +341,7 @@ class KMeansBaseline:
         arrays = {"centers": self.cluster_centers_}
         if self.pca_components_ is not None:
             arrays.update(pca_mean=self.pca_mean_, pca_components=self.pca_components_)
-        save_checkpoint(path, {"config": self.config_.to_dict(), "shape": list(self.input_shape_),
-                               "versions": versions(), "method": self.config_.method,
-                               "model": {k: torch.from_numpy(v) for k, v in arrays.items()},
-                               "optimizer": None,
-                               "state": TrainState(phase="done", history=self.history_).to_dict()})
+        _save_fitted(self, path, {k: torch.from_numpy(v) for k, v in arrays.items()})
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "KMeansBaseline":
