@@ -127,10 +127,16 @@ def mean_std(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
 
 
-def summary(rows: list[dict]) -> list[dict]:
+def by_group(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """(dataset, method) -> its runs, in the order they first appear."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    return groups
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    groups = by_group(rows)
     out = []
     for (ds, method), rs in groups.items():
         rs.sort(key=lambda r: r["seed"])
@@ -150,9 +156,7 @@ def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
 
     lines = []
     tally: dict[str, dict] = {}  # dataset -> rule -> counts
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    groups = by_group(rows)
     for (ds, method), rs in groups.items():
         if len(rs) < 3:
             continue

@@ -50,15 +50,21 @@ class ClusterHead(nn.Module):
         return soft_assign(z, self.centers, self.alpha)
 
 
+def sample_rows(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """All row indices up to `max_samples` rows, else a seeded sorted random sample of them."""
+    if n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+
+
 def kmeans_centers(latents: np.ndarray, n_clusters: int, seed: int, n_init: int = 10,
                    max_samples: int = 100_000) -> np.ndarray:
     """k-means on the posterior means; above `max_samples` rows it runs on a seeded random sample
     (centres of 10^5 points in a 10-d space are as good as those of 10^7, at 1% of the cost)."""
     from sklearn.cluster import KMeans
 
-    rng = np.random.default_rng(seed)
     x = latents
-    if len(x) > max_samples:
-        x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+    if len(x) > max_samples:  # index only then: a full-size fancy index would copy every row
+        x = x[sample_rows(len(x), max_samples, seed)]
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(x.astype(np.float64))
     return km.cluster_centers_.astype(np.float32)

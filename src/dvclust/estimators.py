@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .cluster import kmeans_centers, soft_assign
+from .cluster import kmeans_centers, sample_rows, soft_assign
 from .config import SHALLOW_METHODS, Config
 from .data import ImageData, as_images, as_labels
 from .errors import DVClustError, NotFittedError
@@ -281,9 +281,7 @@ class KMeansBaseline:
         if cfg.method == "pca-kmeans":
             from sklearn.decomposition import PCA
 
-            rng = np.random.default_rng(cfg.seed)
-            rows = np.arange(len(data)) if len(data) <= cfg.kmeans_max_samples else \
-                np.sort(rng.choice(len(data), cfg.kmeans_max_samples, replace=False))
+            rows = sample_rows(len(data), cfg.kmeans_max_samples, cfg.seed)
             flat = np.concatenate(list(_pixels(data.images[rows])))
             pca = PCA(n_components=min(cfg.latent_dim, *flat.shape), random_state=cfg.seed).fit(flat)
             self.pca_mean_ = pca.mean_.astype(np.float32)
