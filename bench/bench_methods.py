@@ -181,6 +181,33 @@ def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
     return lines, tally
 
 
+def config_choice(rows: list[dict], tag: str) -> list[str]:
+    """Per dataset, among the DVC configs run with >= 3 seeds: the config each label-free rule
+    picks (highest mean score over its seeds), against the configs that labels would rank."""
+    from dvclust.select import balance
+
+    lines = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        groups = {m: rs for (d, m), rs in by_group(rows).items()
+                  if d == ds and m.split("[")[0] == "dvc" and len(rs) >= 3}
+        if len(groups) < 2:
+            continue
+        nmi = {m: statistics.mean(r["nmi"] for r in rs) for m, rs in groups.items()}
+        score = {"silhouette": {m: statistics.mean(r["silhouette"] for r in rs)
+                                for m, rs in groups.items()}}
+        if all(labels_path(tag, ds, m, r["seed"]).exists() for m, rs in groups.items() for r in rs):
+            score["balance"] = {m: statistics.mean(
+                balance(np.load(labels_path(tag, ds, m, r["seed"])), r["k"]) for r in rs)
+                for m, rs in groups.items()}
+        best = max(nmi, key=nmi.get)
+        picks = {rule: max(s, key=s.get) for rule, s in score.items()}
+        lines.append(f"| {ds} | {len(groups)} | {best} ({nmi[best]:.3f}) | "
+                     f"{statistics.mean(nmi.values()):.3f} | "
+                     + " | ".join(f"{picks[r]} ({nmi[picks[r]]:.3f})" if r in picks else "–"
+                                  for r in ("silhouette", "balance")) + " |")
+    return lines
+
+
 def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     summ = summary(rows)
     with open(RESULTS / f"{tag}.csv.tmp", "w", newline="") as f:
@@ -207,10 +234,17 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
                       f"{max(s['peak_rss_mb']):.0f} |")
     sel, hits = selection(rows, tag)
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
+    # rows relabelled when the defaults changed keep their original spelling in run_as
+    old = ["The commands above ran with the code of commit 6095c36, whose defaults were beta 1 and "
+           "50 clustering epochs; the method column spells out what differs from today's defaults "
+           "(beta 0.1, cluster_epochs auto: 500 on digits, 572 on retina, 200 on pneumonia, 100 on "
+           "mnist-test, 174 on chest64, 50 on mnist).", ""] \
+        if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
             "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
             f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "
-            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *md]
+            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *old, *md]
+
     if sel:
         body += ["", "Label-free choice among seeds (dvclust.select, `dvclust pick`): the ACC of the seed "
                  "each rule picks, beside the best, worst and mean ACC over the seeds.", "",
@@ -226,6 +260,13 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
             body.append(f"| {ds} | {n} | " + " | ".join(
                 f"best {t[r]['best']}, worst {t[r]['worst']}, {statistics.mean(t[r]['acc']):+.3f}"
                 for r in RULES) + " |")
+    cfg_lines = config_choice(rows, tag)
+    if cfg_lines:
+        body += ["", "Label-free choice among DVC configs (the ablations): the config with the "
+                 "highest mean score over its seeds, with its mean NMI, beside the config that "
+                 "labels would pick and the mean over all configs.", "",
+                 "| dataset | configs | best by NMI | mean | silhouette pick | balance pick |",
+                 "|---|---|---|---|---|---|", *cfg_lines]
     write_block(f"bench_methods:{tag}", "\n".join(body))
 
 

@@ -17,7 +17,8 @@ def test_unknown_key_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("n_clusters", 0), ("lr", -1.0), ("likelihood", "poisson"),
-                                        ("batch_size", 2.5), ("augment", "yes"), ("q_from", "z")])
+                                        ("batch_size", 2.5), ("augment", "yes"), ("q_from", "z"),
+                                        ("cluster_epochs", "many"), ("cluster_epochs", -1)])
 def test_bad_values(key, value):
     with pytest.raises(DVClustError, match=key):
         Config(**{key: value})
@@ -29,3 +30,13 @@ def test_bad_yaml(tmp_path):
         Config.from_yaml(tmp_path / "c.yaml")
     with pytest.raises(DVClustError, match="not found"):
         Config.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_cluster_epochs_auto_reaches_the_minimum_steps():
+    from dvclust.config import CLUSTER_MIN_STEPS
+
+    auto = Config()
+    assert auto.cluster_epochs_for(8) == CLUSTER_MIN_STEPS // 8       # digits: 8 steps an epoch
+    assert auto.cluster_epochs_for(7) * 7 >= CLUSTER_MIN_STEPS        # rounded up
+    assert auto.cluster_epochs_for(274) == 50                         # MNIST-70k: the plain 50
+    assert Config(cluster_epochs=3).cluster_epochs_for(8) == 3        # an explicit limit is kept

@@ -101,3 +101,11 @@ def test_unsafe_and_foreign_checkpoints_refused(tmp_path, blobs):
     (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DVClustError, match="refused"):
         DVC.load(tmp_path / "cut.pt")
+
+
+def test_auto_cluster_epochs_reach_the_minimum_steps(blobs, monkeypatch):
+    # 20 images in batches of 32: one step an epoch, so "auto" must run 60 epochs for 60 steps
+    monkeypatch.setattr("dvclust.config.CLUSTER_MIN_STEPS", 60)
+    x, _ = blobs
+    m = DVC(3, random_state=0, pretrain_epochs=1, batch_size=32, kmeans_n_init=1, tol=0.0).fit(x[:20])
+    assert sum(r["phase"] == "cluster" for r in m.history_) == 60

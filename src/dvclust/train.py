@@ -294,11 +294,12 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         if optimizer_state is not None:
             opt.load_state_dict(optimizer_state)
-        bar = tqdm(total=cfg.cluster_epochs, initial=st.epoch, desc="phase 3/3 clustering",
+        max_epochs = cfg.cluster_epochs_for(len(loader))
+        bar = tqdm(total=max_epochs, initial=st.epoch, desc="phase 3/3 clustering",
                    disable=not (verbose and dist.is_main))
         converged, change = False, None
         targets = st.targets.to(dist.device) if st.targets is not None else None
-        while st.epoch < cfg.cluster_epochs:
+        while st.epoch < max_epochs:
             if st.epoch % cfg.update_interval == 0 or st.targets is None:
                 t0 = time.perf_counter()
                 q, p = assign_all(model, images, dist, cfg.precision)
@@ -329,7 +330,7 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
                 return st
         bar.close()
         if not converged:
-            log(f"clustering stopped at the epoch limit ({cfg.cluster_epochs})")
+            log(f"clustering stopped at the epoch limit ({max_epochs})")
         st.phase = "done"
         checkpoint(None)
     return st
