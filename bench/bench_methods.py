@@ -235,16 +235,15 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     sel, hits = selection(rows, tag)
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     # rows relabelled when the defaults changed keep their original spelling in run_as
-    old = ["The commands above ran with the code of commit 6095c36, whose defaults were beta 1 and "
-           "50 clustering epochs; the method column spells out what differs from today's defaults "
-           "(beta 0.1, cluster_epochs auto: 500 on digits, 572 on retina, 200 on pneumonia, 100 on "
-           "mnist-test, 174 on chest64, 50 on mnist).", ""] \
-        if any("run_as" in r for r in rows) else []
+    relabelled = [
+        "The commands above ran with the code of commit 6095c36, whose defaults were beta 1 and 50 "
+        "clustering epochs; the method column spells out what differs from today's defaults (beta "
+        "0.1, cluster_epochs auto: 500 on digits, 572 on retina, 200 on pneumonia, 100 on "
+        "mnist-test, 174 on chest64, 50 on mnist).", ""] if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
             "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
             f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "
-            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *old, *md]
-
+            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *relabelled, *md]
     if sel:
         body += ["", "Label-free choice among seeds (dvclust.select, `dvclust pick`): the ACC of the seed "
                  "each rule picks, beside the best, worst and mean ACC over the seeds.", "",
