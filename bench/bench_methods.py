@@ -236,8 +236,9 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     # rows relabelled when the defaults changed keep their original spelling in run_as
     relabelled = [
-        "The commands above ran with the code of commit 6095c36, whose defaults were beta 1 and 50 "
-        "clustering epochs; the method column spells out what differs from today's defaults (beta "
+        "Rows with a run_as field in the jsonl ran (with the method spelled as in run_as) with the "
+        "code of commit 6095c36, whose defaults were beta 1 and 50 clustering epochs; the method "
+        "column spells out what differs from today's defaults (beta "
         "0.1, cluster_epochs auto: 500 on digits, 572 on retina, 200 on pneumonia, 100 on "
         "mnist-test, 174 on chest64, 50 on mnist).", ""] if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
