@@ -186,9 +186,9 @@ def config_choice(rows: list[dict], tag: str) -> list[str]:
     picks (highest mean score over its seeds), against the configs that labels would rank."""
     from dvclust.select import balance
 
-    lines = []
+    lines, all_groups = [], by_group(rows)
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        groups = {m: rs for (d, m), rs in by_group(rows).items()
+        groups = {m: rs for (d, m), rs in all_groups.items()
                   if d == ds and m.split("[")[0] == "dvc" and len(rs) >= 3}
         if len(groups) < 2:
             continue
