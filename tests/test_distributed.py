@@ -77,3 +77,17 @@ def test_torchrun_two_processes_end_to_end(tmp_path, method):
         labels = [int(r["cluster"]) for r in csv.DictReader(f)]
     assert len(labels) == n
     assert metrics.acc(y, labels) > 0.9
+
+
+def test_torchrun_pixel_baseline_is_refused_with_one_line(tmp_path):
+    """k-means has no network to spread over processes; every rank would redo it."""
+    np.savez(tmp_path / "x.npz", images=np.random.default_rng(0).random((20, 8, 8), np.float32))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), "-m", "dvclust", "fit", str(tmp_path / "x.npz"),
+           "-k", "2", "--out", str(tmp_path / "run"), "-q", "--method", "kmeans"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode != 0
+    assert "method 'kmeans' trains no network and runs in one process" in p.stderr
+    assert "/dvclust/" not in p.stderr  # no traceback through our code (torchrun prints its own)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -84,12 +84,16 @@ def test_store_reuse_and_rebuild(messy_folder, tmp_path, capsys):
     store = tmp_path / "store"
     load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
     assert "preprocessed 5 images" in capsys.readouterr().out
-    load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
+    before = load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
     assert "reusing" in capsys.readouterr().out
+    old_images = before.images[:]
+    _png(messy_folder / "cats" / "a.png", np.full((20, 30), 255, np.uint8))  # rewritten: row 0 changes
     _png(messy_folder / "cats" / "new.png", np.zeros((9, 9), np.uint8))
     d = load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
-    assert "stale (1 file(s) added, removed or changed): rebuilding" in capsys.readouterr().out
-    assert len(d) == 6
+    assert "stale (2 file(s) added, removed or changed): rebuilding" in capsys.readouterr().out
+    assert len(d) == 6 and not np.array_equal(d.images[0], old_images[0])
+    # A run that opened the store before the rebuild still reads the images it started with.
+    assert len(before) == 5 and np.array_equal(before.images[:], old_images)
     load_dataset(messy_folder, options=ReadOptions(size=12), store=store, verbose=True)
     assert "stale (options changed)" in capsys.readouterr().out
 

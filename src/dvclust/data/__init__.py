@@ -11,7 +11,7 @@ from .dataset import ImageDataset
 from .images import ImageData, as_images, as_labels
 from .mnist import is_mnist_dir, read_mnist
 from .preprocess import ReadOptions
-from .store import build_or_reuse, open_store, reader_for
+from .store import load_store, open_store, reader_for
 
 EMBEDDED = ("digits",)
 
@@ -69,6 +69,6 @@ def load_dataset(name_or_path: str | Path, split: str | list[str] | None = "all"
         return read_npy(path)
     if path.is_dir() or reader_for(path) is not None:
         opts = options or ReadOptions()
-        return open_store(build_or_reuse(path, opts, store, workers, verbose))
+        return load_store(path, opts, store, workers, verbose)
     raise DVClustError(f"{path}: unsupported file type {suffix or '(none)'}; expected a folder, an "
                        "image, DICOM or NIfTI file, .npz, .npy or an MNIST folder")

@@ -86,9 +86,9 @@ def _class_of(root: Path, files: list[Path], opts: ReadOptions):
     return names if len(names) > 1 else None
 
 
-def build_or_reuse(root: Path, opts: ReadOptions, store: Path | None = None,
-                   workers: int | None = None, verbose: bool = True) -> Path:
-    """Return a complete store for (root, opts), building it if it is missing or stale."""
+def load_store(root: Path, opts: ReadOptions, store: Path | None = None,
+               workers: int | None = None, verbose: bool = True) -> ImageData:
+    """Open the store of (root, opts), building it first if it is missing or stale."""
     root = Path(root)
     if not root.exists():
         raise DVClustError(f"{root}: no such file or folder")
@@ -101,8 +101,11 @@ def build_or_reuse(root: Path, opts: ReadOptions, store: Path | None = None,
     store.mkdir(parents=True, exist_ok=True)
     # Several runs may start on the same folder at once (three seeds, say): one builds, the
     # others wait for the lock and then reuse its store instead of racing on the same files.
+    # It is opened under the lock too: open_store reads the index and keeps the image file open,
+    # and a rebuild replaces files instead of rewriting them, so a run that opened the store
+    # keeps reading the images it started with while another run rebuilds it.
     with _locked(store / ".lock"):
-        return _reuse_or_build(root, files, state, opts, store, workers, verbose)
+        return open_store(_reuse_or_build(root, files, state, opts, store, workers, verbose))
 
 
 @contextlib.contextmanager
@@ -139,8 +142,9 @@ def _reuse_or_build(root, files, state, opts, store, workers, verbose) -> Path:
 
 
 def _n_changed(old: list, new: list) -> int:
-    a, b = {tuple(x) for x in old}, {tuple(x) for x in new}
-    return len(a ^ b)
+    """Files added, removed or changed, each counted once (by path)."""
+    a, b = {p: tuple(rest) for p, *rest in old}, {p: tuple(rest) for p, *rest in new}
+    return len(a.keys() ^ b.keys()) + sum(a[p] != b[p] for p in a.keys() & b.keys())
 
 
 def _build(root, files, state, opts, store, workers, verbose) -> None:
