@@ -236,11 +236,14 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     # rows relabelled when the defaults changed keep their original spelling in run_as
     relabelled = [
-        "Rows with a run_as field in the jsonl ran (with the method spelled as in run_as) with the "
-        "code of commit 6095c36, whose defaults were beta 1 and 50 clustering epochs; the method "
-        "column spells out what differs from today's defaults (beta "
-        "0.1, cluster_epochs auto: 500 on digits, 572 on retina, 200 on pneumonia, 100 on "
-        "mnist-test, 174 on chest64, 50 on mnist).", ""] if any("run_as" in r for r in rows) else []
+        "Rows with a run_as field in the jsonl ran with the method spelled as in run_as, under the "
+        "defaults of the commit in their code field: 6095c36 (beta 1, 50 clustering epochs) or "
+        "5760008 (today's but for `augment: auto`, which then jittered every image of 16 px or "
+        "more, retina and pneumonia included). The method column spells out what differs from "
+        "today's defaults: beta 0.1; cluster_epochs auto (500 on digits, 572 on retina, 200 on "
+        "pneumonia, 100 on mnist-test, 174 on chest64, 50 on mnist); augment auto (on for mnist "
+        "and mnist-test, off for digits, retina, pneumonia and chest64).", ""] \
+        if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
             "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
             f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "

@@ -40,3 +40,12 @@ def test_cluster_epochs_auto_reaches_the_minimum_steps():
     assert auto.cluster_epochs_for(7) * 7 >= CLUSTER_MIN_STEPS        # rounded up
     assert auto.cluster_epochs_for(274) == 50                         # MNIST-70k: the plain 50
     assert Config(cluster_epochs=3).cluster_epochs_for(8) == 3        # an explicit limit is kept
+
+
+def test_augment_auto_only_for_objects_on_an_empty_field():
+    auto = Config()
+    assert auto.augment_for((1, 28, 28), background=0.82)        # MNIST-like: jitter
+    assert not auto.augment_for((1, 28, 28), background=0.003)   # an X-ray fills the frame
+    assert not auto.augment_for((1, 8, 8), background=0.9)       # too small to resample
+    assert Config(augment=True).augment_for((1, 8, 8), background=0.0)
+    assert not Config(augment=False).augment_for((1, 28, 28), background=1.0)

@@ -102,3 +102,16 @@ def test_missing_and_unknown(tmp_path):
 def test_bad_split(tmp_path):
     with pytest.raises(DVClustError, match="unknown split"):
         load_dataset(shared("medmnist/retinamnist.npz"), split="training")
+
+
+def test_augment_auto_on_the_real_sets():
+    """The rule of `augment: auto` on the data it was measured on: jitter MNIST, not the medical
+    sets (on which it lowered NMI)."""
+    from dvclust import Config
+    from dvclust.data.augment import background_fraction
+
+    auto = Config()
+    for rel, split, want in [("mnist", "test", True), ("medmnist/retinamnist.npz", "all", False),
+                             ("medmnist_derived/pneumoniamnist_subset_varun19424.npz", "all", False)]:
+        d = load_dataset(shared(rel), split=split)
+        assert auto.augment_for(d.images.shape[1:], background_fraction(d.images)) is want, rel

@@ -28,6 +28,8 @@ DEEP_METHODS = {
 # Phase 3's minimum length under cluster_epochs="auto". DEC and IDEC count their budget in steps
 # (2*10^4); a fixed epoch count gives small sets too few.
 CLUSTER_MIN_STEPS = 4000
+AUGMENT_MIN_SIDE = 16          # augment: auto (see the field's comment)
+AUGMENT_MIN_BACKGROUND = 0.5
 # k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
 SHALLOW_METHODS = ("kmeans", "pca-kmeans")
 METHODS = (*DEEP_METHODS, *SHALLOW_METHODS)
@@ -59,8 +61,11 @@ class Config:
     # hint: with "sum", gamma=0.1 leaves the labels unchanged). Adam makes phase 1 indifferent to it.
     recon_reduction: str = "mean"
     # Random shifts/rotations of each batch (DEC-DA): MNIST-70k ACC 0.81 -> 0.96 (bench/RESULTS.md).
-    # "auto" turns it on for images of at least 16 px a side: resampling an 8x8 image blurs away
-    # the very strokes it should preserve (digits: ACC 0.71 without, 0.64 with).
+    # "auto" turns it on for an object on an empty field: images of at least 16 px a side (resampling
+    # an 8x8 image blurs away the very strokes it should preserve: digits ACC 0.71 without, 0.64
+    # with) of which at least half the pixels are background (< 0.05). The jitter fills with zeros,
+    # which is neutral only there; on images filled to the edge (X-rays, fundus photographs) it
+    # lowered NMI on all three medical sets (docs/ARCHITECTURE.md, "Defaults").
     augment: bool | str = "auto"
     # --- phase 1: variational pretraining ------------------------------------------------------
     pretrain_epochs: int = 50        # maximum
@@ -134,8 +139,12 @@ class Config:
             return self.cluster_epochs
         return max(50, math.ceil(CLUSTER_MIN_STEPS / max(1, steps_per_epoch)))
 
-    def augment_for(self, shape: tuple[int, int, int]) -> bool:
-        return bool(self.augment) if self.augment != "auto" else min(shape[1:]) >= 16
+    def augment_for(self, shape: tuple[int, int, int], background: float) -> bool:
+        """Whether to jitter images of `shape` (C, H, W) of which a fraction `background` of the
+        pixels is background (data.augment.background_fraction)."""
+        if self.augment != "auto":
+            return bool(self.augment)
+        return min(shape[1:]) >= AUGMENT_MIN_SIDE and background >= AUGMENT_MIN_BACKGROUND
 
     # --- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from . import metrics
 from .cluster import ClusterHead, cluster_frequencies, kl_clustering_loss, kmeans_centers, \
     soft_assign, target_distribution
 from .config import Config
-from .data.augment import random_affine
+from .data.augment import background_fraction, random_affine
 from .data.dataset import ImageDataset, collate_batch, to_float
 from .errors import DVClustError
 from .io import save_checkpoint, write_csv_atomic
@@ -171,7 +171,11 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
                         num_workers=0, pin_memory=dist.device.type == "cuda")
     dim = images.shape[1] * images.shape[2] * images.shape[3]
     scale = 1.0 / dim if cfg.recon_reduction == "mean" else 1.0
-    augment = cfg.augment_for(images.shape[1:])
+    background = background_fraction(images) if cfg.augment == "auto" else 1.0
+    augment = cfg.augment_for(images.shape[1:], background)
+    if cfg.augment == "auto":
+        log(f"augment: auto -> {'on' if augment else 'off'} ({background:.0%} of the pixels are "
+            f"background, {images.shape[2]}x{images.shape[3]} px)")
 
     def checkpoint(opt: torch.optim.Optimizer | None) -> None:
         if run_dir is None or not dist.is_main:
