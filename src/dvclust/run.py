@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,11 +118,10 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise DVClustError(f"{run_dir}: already holds a run (checkpoint.pt); pass --resume to "
                            "continue it, or choose another --out")
-    dist = Dist.from_env(cfg.device)  # joins the torchrun group, if any, first
-    if cfg.method in SHALLOW_METHODS and dist.active:
+    if cfg.method in SHALLOW_METHODS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DVClustError(f"method {cfg.method!r} trains no network and runs in one process; "
                            "start it without torchrun")
-    is_main = dist.is_main
+    is_main = Dist.from_env(cfg.device).is_main  # joins the torchrun group, if any, first
     if auto_k is not None:
         if cfg.method in SHALLOW_METHODS:
             raise DVClustError(f"--clusters auto pretrains a network; method {cfg.method!r} has "
