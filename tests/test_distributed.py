@@ -1,8 +1,10 @@
 """Multi-process mode on CPU with gloo: the same loop, the same maths."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -70,12 +72,23 @@ def test_torchrun_two_processes_end_to_end(tmp_path, method):
         x[i, r:r + 4, r:r + 4] = 0.9
     np.savez(tmp_path / "blobs.npz", images=x, labels=y)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(_free_port()), "-m", "dvclust", "fit", str(tmp_path / "blobs.npz"),
-           "-k", "3", "--out", str(tmp_path / "run"), "-q", "--set", "pretrain_epochs=4",
-           "--set", "cluster_epochs=3", "--set", "batch_size=32", "--set", "kmeans_n_init=2",
-           "--method", method]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    def fit():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(_free_port()), "-m", "dvclust", "fit",
+               str(tmp_path / "blobs.npz"), "-k", "3", "--out", str(tmp_path / "run"), "-q",
+               "--set", "pretrain_epochs=4", "--set", "cluster_epochs=3", "--set", "batch_size=32",
+               "--set", "kmeans_n_init=2", "--method", method]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    p = fit()
+    if p.returncode != 0 and "terminate called without an active exception" in p.stderr:
+        # Known, unexplained: in 2 of 3 fresh CI venvs (2026-11-28) one gloo rank aborted in C++
+        # right after the first DDP backward, with no Python error; never in 40 runs otherwise.
+        # One retry, reported; a second failure, or any other failure, fails the test.
+        warnings.warn(f"torchrun rank aborted in gloo; retrying once:\n{_errors(p.stderr)[-1500:]}")
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        p = fit()
     assert p.returncode == 0, _errors(p.stderr)
     assert p.stdout.count("clustered 300 images") == 1  # rank 0 alone reports
     import csv
