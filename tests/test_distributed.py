@@ -29,6 +29,14 @@ def _errors(stderr: str) -> str:
     return "\n".join(ln for ln in stderr.splitlines() if not any(w in ln for w in noise))[-4000:]
 
 
+def _torchrun_fit(*args: str) -> subprocess.CompletedProcess:
+    """`dvclust fit ARGS -q` under torchrun with 2 CPU processes of one thread each."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), "-m", "dvclust", "fit", *args, "-q"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def _worker(rank, world, port, images, state, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -71,15 +79,11 @@ def test_torchrun_two_processes_end_to_end(tmp_path, method):
         r = 2 + 5 * y[i]
         x[i, r:r + 4, r:r + 4] = 0.9
     np.savez(tmp_path / "blobs.npz", images=x, labels=y)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def fit():
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), "-m", "dvclust", "fit",
-               str(tmp_path / "blobs.npz"), "-k", "3", "--out", str(tmp_path / "run"), "-q",
-               "--set", "pretrain_epochs=4", "--set", "cluster_epochs=3", "--set", "batch_size=32",
-               "--set", "kmeans_n_init=2", "--method", method]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        return _torchrun_fit(str(tmp_path / "blobs.npz"), "-k", "3", "--out", str(tmp_path / "run"),
+                             "--set", "pretrain_epochs=4", "--set", "cluster_epochs=3",
+                             "--set", "batch_size=32", "--set", "kmeans_n_init=2", "--method", method)
 
     p = fit()
     if p.returncode != 0 and "terminate called without an active exception" in p.stderr:
@@ -101,11 +105,8 @@ def test_torchrun_two_processes_end_to_end(tmp_path, method):
 def test_torchrun_pixel_baseline_is_refused_with_one_line(tmp_path):
     """k-means has no network to spread over processes; every rank would redo it."""
     np.savez(tmp_path / "x.npz", images=np.random.default_rng(0).random((20, 8, 8), np.float32))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(_free_port()), "-m", "dvclust", "fit", str(tmp_path / "x.npz"),
-           "-k", "2", "--out", str(tmp_path / "run"), "-q", "--method", "kmeans"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = _torchrun_fit(str(tmp_path / "x.npz"), "-k", "2", "--out", str(tmp_path / "run"),
+                      "--method", "kmeans")
     assert p.returncode != 0
     assert "method 'kmeans' trains no network and runs in one process" in p.stderr
     assert "/dvclust/" not in p.stderr  # no traceback through our code (torchrun prints its own)
