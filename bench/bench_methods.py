@@ -4,7 +4,9 @@ imbalanced sets, wall time and peak RSS, plus how often a label-free rule picks 
 Methods: dvclust's own (kmeans, pca-kmeans, ae-kmeans, vae-kmeans, dec, idec, dvc; one training
 loop), ablations written as METHOD[key=value,...] (e.g. "dvc[gamma=0.01]"), and ClustPy's DEC,
 IDEC and VaDE with their own defaults ("clustpy-dec", "clustpy-idec", "clustpy-vade"), run in a
-separate virtual environment that `--clustpy` creates on first use (bench/.venv-clustpy).
+separate virtual environment that `--clustpy` creates on first use (bench/.venv-clustpy; or
+the Python that BENCH_CLUSTPY_PYTHON names, one that imports clustpy, on a machine where
+torchvision and dvclust's torch live together).
 
 Each run is its own process (so peak RSS is that run's), `--jobs` run at once with
 `--threads` torch threads each. Rows are appended to bench/results/<tag>.jsonl as they finish, and
@@ -13,6 +15,7 @@ tables go to bench/results/<tag>.csv and to the block bench_methods:<tag> of ben
 
     python bench/bench_methods.py --datasets digits retina --seeds 0 1 2 --clustpy
     python bench/bench_methods.py --datasets retina --methods "dvc[gamma=0.01]" "dvc[q_from=sample]"
+    python bench/bench_methods.py --runs mnist:dvc:1 chest64:idec:0 --jobs 2   # these, in this order
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from results_md import write_block
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CLUSTPY_VENV = HERE / ".venv-clustpy"
+CLUSTPY_PYTHON = Path(os.environ.get("BENCH_CLUSTPY_PYTHON", CLUSTPY_VENV / "bin" / "python"))
 OURS = ("kmeans", "pca-kmeans", "ae-kmeans", "vae-kmeans", "dec", "idec", "dvc")
 CLUSTPY = ("clustpy-dec", "clustpy-idec", "clustpy-vade")
 IMBALANCED = ("retina", "pneumonia", "chest64")
@@ -51,6 +55,15 @@ def parse_method(spec: str) -> tuple[str, dict]:
         raise SystemExit(f"method {spec!r}: expected NAME or NAME[key=value,...]")
     sets = [s for s in (m.group(2) or "").split(",") if s]
     return m.group(1), {k: parse_value(v) for k, v in (s.split("=", 1) for s in sets)}
+
+
+def parse_run(spec: str) -> tuple[str, str, int]:
+    """'mnist:dvc[beta=1]:0' -> ('mnist', 'dvc[beta=1]', 0)."""
+    dataset, _, rest = spec.partition(":")
+    method, _, seed = rest.rpartition(":")
+    if not (dataset and method and seed.isdigit()):
+        raise SystemExit(f"--runs {spec!r}: expected DATASET:METHOD:SEED, e.g. mnist:dvc:0")
+    return dataset, method, int(seed)
 
 
 def load(dataset: str):
@@ -84,10 +97,12 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     if method.startswith("clustpy-"):
         cache = RESULTS / "cache" / f"{dataset}.npy"
-        if not cache.exists():
+        if not cache.exists():  # written whole, then renamed: runs started together share it
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, np.asarray(data.images))
-        p = subprocess.run([str(CLUSTPY_VENV / "bin" / "python"), str(HERE / "clustpy_worker.py"),
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, np.asarray(data.images))
+            os.replace(tmp, cache)
+        p = subprocess.run([str(CLUSTPY_PYTHON), str(HERE / "clustpy_worker.py"),
                             str(cache), str(k), str(seed), method.split("-", 1)[1],
                             str(out.with_suffix(""))], capture_output=True, text=True,
                            env={**os.environ, "BENCH_THREADS": str(threads)})
@@ -114,6 +129,8 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
             "per_class_recall": ev["per_class_recall"], "cluster_sizes": ev["cluster_sizes"],
             "silhouette": silhouette(latent, labels, seed=seed), "final_loss": final_loss,
             "wall_s": wall, "peak_rss_mb": rss, "threads": threads,
+            # both dvclust (device: auto) and ClustPy train on the GPU when there is one
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -135,6 +152,47 @@ def by_group(rows: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def devices(rs: list[dict]) -> str:
+    """'CPU', 'H200' or 'CPU 1, H200 2' (rows from before the device field ran on the CPU)."""
+    names = [r.get("device", "cpu").replace("NVIDIA ", "").replace("cpu", "CPU") for r in rs]
+    counts = {d: names.count(d) for d in dict.fromkeys(names)}
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{d} {n}" for d, n in counts.items())
+
+
+def is_default(spec: str) -> bool:
+    """True when every override in the spelling equals today's default ('dvc[beta=0.1]')."""
+    from dvclust.config import Config
+
+    default = Config()
+    return all(getattr(default, k, None) == v for k, v in parse_method(spec)[1].items())
+
+
+def head_to_head(rows: list[dict]) -> list[str]:
+    """Per dataset: DVC against the best other method, each in its default config (all runs of
+    it, on any device), with the standard error of the difference over the seeds."""
+    lines = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        nmi: dict[str, list[float]] = {}
+        for r in rows:
+            if r["dataset"] == ds and is_default(r["method"]):
+                nmi.setdefault(parse_method(r["method"])[0], []).append(r["nmi"])
+        others = {m: v for m, v in nmi.items() if m != "dvc"}
+        if "dvc" not in nmi or not others:
+            continue
+        best = max(others, key=lambda m: statistics.mean(others[m]))
+        a, b = nmi["dvc"], others[best]
+        diff = statistics.mean(a) - statistics.mean(b)
+        if len(a) > 1 and len(b) > 1:
+            se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+            se_text = f"{se:.3f}"
+            verdict = "within 2 SE" if abs(diff) <= 2 * se else "ahead" if diff > 0 else "behind"
+        else:
+            se_text = verdict = "–"
+        lines.append(f"| {ds} | {statistics.mean(a):.3f} ({len(a)}) | {best} | "
+                     f"{statistics.mean(b):.3f} ({len(b)}) | {diff:+.3f} | {se_text} | {verdict} |")
+    return lines
+
+
 def summary(rows: list[dict]) -> list[dict]:
     groups = by_group(rows)
     out = []
@@ -145,7 +203,7 @@ def summary(rows: list[dict]) -> list[dict]:
             recall[c] = statistics.mean(r["per_class_recall"][c] for r in rs)
         out.append({"dataset": ds, "method": method, "seeds": len(rs),
                     **{m: [r[m] for r in rs] for m in ("acc", "nmi", "ari", "wall_s", "peak_rss_mb")},
-                    "recall": recall})
+                    "recall": recall, "devices": devices(rs)})
     return out
 
 
@@ -213,14 +271,15 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     with open(RESULTS / f"{tag}.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["dataset", "method", "seed", "acc", "nmi", "ari", "silhouette", "wall_s",
-                    "peak_rss_mb", "threads", "per_class_recall"])
+                    "peak_rss_mb", "threads", "device", "per_class_recall"])
         for r in rows:
             w.writerow([r["dataset"], r["method"], r["seed"], f"{r['acc']:.4f}", f"{r['nmi']:.4f}",
                         f"{r['ari']:.4f}", f"{r['silhouette']:.4f}", f"{r['wall_s']:.1f}",
-                        f"{r['peak_rss_mb']:.0f}", r["threads"], json.dumps(r["per_class_recall"])])
+                        f"{r['peak_rss_mb']:.0f}", r["threads"], r.get("device", "cpu"),
+                        json.dumps(r["per_class_recall"])])
     os.replace(RESULTS / f"{tag}.csv.tmp", RESULTS / f"{tag}.csv")
     md = ["| dataset | method | seeds | ACC | NMI | ARI | per-class recall (mean) | wall s | "
-          "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+          "peak RSS MB | run on |", "|---|---|---|---|---|---|---|---|---|---|"]
     for ds in dict.fromkeys(s["dataset"] for s in summ):
         group = [s for s in summ if s["dataset"] == ds]
         top = max(statistics.mean(s["nmi"]) for s in group)
@@ -231,7 +290,7 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
             md.append(f"| {ds} | {s['method']} | {s['seeds']} | {mean_std(s['acc'])} | "
                       + (f"**{nmi}**" if statistics.mean(s["nmi"]) == top else nmi)
                       + f" | {mean_std(s['ari'])} | {rec} | {statistics.median(s['wall_s']):.0f} | "
-                      f"{max(s['peak_rss_mb']):.0f} |")
+                      f"{max(s['peak_rss_mb']):.0f} | {s['devices']} |")
     sel, hits = selection(rows, tag)
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     # rows relabelled when the defaults changed keep their original spelling in run_as
@@ -246,8 +305,11 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
         if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
             "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
-            f"Run on: {rows[0]['date']}, 2-core CPU, {rows[0]['threads']} torch thread(s) per run; "
-            "best mean NMI per dataset in bold; wall time is the median over seeds.", "", *relabelled, *md]
+            f"Run {min(r['date'] for r in rows)} to {max(r['date'] for r in rows)}, on the machine "
+            "in the 'run on' column: CPU = 2 cores, torch threads per run as in the csv; a GPU row "
+            "ran with dvclust's CUDA default (bf16 autocast) beside other runs sharing that GPU, so "
+            "its wall time is not comparable with a CPU row's. Best mean NMI per dataset in bold; "
+            "wall time is the median over seeds.", "", *relabelled, *md]
     if sel:
         body += ["", "Label-free choice among seeds (dvclust.select, `dvclust pick`): the ACC of the seed "
                  "each rule picks, beside the best, worst and mean ACC over the seeds.", "",
@@ -263,6 +325,15 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
             body.append(f"| {ds} | {n} | " + " | ".join(
                 f"best {t[r]['best']}, worst {t[r]['worst']}, {statistics.mean(t[r]['acc']):+.3f}"
                 for r in RULES) + " |")
+    h2h = head_to_head(rows)
+    if h2h:
+        body += ["", "DVC against the best other method per dataset, both in today's default config "
+                 "(the plain spelling, or one whose overrides equal the defaults, as dvc[beta=0.1]), "
+                 "all their runs pooled across devices. SE is the standard error of the difference "
+                 "of the two means over their runs; 'within 2 SE' means the seeds cannot tell the "
+                 "two apart.", "",
+                 "| dataset | DVC NMI (runs) | best other | its NMI (runs) | difference | SE | |",
+                 "|---|---|---|---|---|---|---|", *h2h]
     cfg_lines = config_choice(rows, tag)
     if cfg_lines:
         body += ["", "Label-free choice among DVC configs (the ablations): the config with the "
@@ -276,9 +347,11 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
 # ----------------------------------------------------------------------------------------------
 def ensure_clustpy() -> None:
     """The ClustPy environment: its own torch (with torchvision), never dvclust's."""
-    py = CLUSTPY_VENV / "bin" / "python"
+    py = CLUSTPY_PYTHON
     if py.exists() and subprocess.run([str(py), "-c", "import clustpy"]).returncode == 0:
         return
+    if "BENCH_CLUSTPY_PYTHON" in os.environ:
+        raise SystemExit(f"BENCH_CLUSTPY_PYTHON={py}: cannot import clustpy")
     print(f"creating {CLUSTPY_VENV} (torch 2.14.1 + torchvision 0.29.1 + clustpy) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(CLUSTPY_VENV)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q"]
@@ -294,6 +367,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores/jobs)")
+    ap.add_argument("--runs", nargs="+", metavar="DATASET:METHOD:SEED",
+                    help="run exactly these, in this order (instead of datasets x methods x seeds)")
     ap.add_argument("--tag", default="methods")
     ap.add_argument("--tables-only", action="store_true", help="rewrite the tables from the jsonl")
     ap.add_argument("--one", nargs=3, metavar=("DATASET", "METHOD", "SEED"), help=argparse.SUPPRESS)
@@ -307,10 +382,14 @@ def main() -> None:
     rows = [json.loads(ln) for ln in open(log)] if log.exists() else []
     command = "python bench/bench_methods.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     methods = a.methods + (list(CLUSTPY) if a.clustpy else [])
-    if a.clustpy:
+    if a.runs:
+        plan = [parse_run(r) for r in a.runs]
+    else:
+        plan = [(d, m, s) for d in a.datasets for m in methods for s in a.seeds]
+    if a.clustpy or any(m.startswith("clustpy-") for _, m, _ in plan):
         ensure_clustpy()
     done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
-    todo = [(d, m, s) for d in a.datasets for m in methods for s in a.seeds if (d, m, s) not in done]
+    todo = [job for job in plan if job not in done]
 
     def run(job):
         d, m, s = job
