@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -402,8 +402,8 @@ def main() -> None:
         return json.loads(line[7:])
 
     if not a.tables_only:
-        with ThreadPoolExecutor(a.jobs) as pool:
-            for row in pool.map(run, todo):
+        with ThreadPoolExecutor(a.jobs) as pool:  # each row is saved as soon as its run ends
+            for row in (fut.result() for fut in as_completed([pool.submit(run, job) for job in todo])):
                 if row is None:
                     continue
                 row["command"] = command

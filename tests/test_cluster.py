@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dvclust.cluster import kl_clustering_loss, kmeans_centers, soft_assign, target_distribution
+from dvclust.cluster import kl_clustering_loss, kmeans_centers, size_prior, soft_assign, \
+    target_distribution
 
 
 def test_soft_assign_by_hand():
@@ -52,6 +53,27 @@ def test_target_distribution_uses_global_frequency():
     # computing P on a slice with the global f gives the rows of the full P
     assert torch.allclose(target_distribution(q[:1], f_all), target_distribution(q)[:1])
     assert not torch.allclose(target_distribution(q[:1]), target_distribution(q)[:1])
+
+
+def test_target_distribution_size_prior():
+    # 80 images firmly in cluster 0, 20 near-ties leaning to 0, 20 images in cluster 1
+    q = torch.tensor([[0.9, 0.1]] * 80 + [[0.52, 0.48]] * 20 + [[0.2, 0.8]] * 20)
+    f = q.sum(0)
+    # a uniform prior is DEC's target exactly
+    assert torch.allclose(target_distribution(q, prior=torch.tensor([0.5, 0.5])), target_distribution(q))
+    # by hand: p_ij proportional to q_ij^2 pi_j / f_j
+    pi = torch.tensor([0.8, 0.2])
+    w = q[80] ** 2 * pi / f
+    assert torch.allclose(target_distribution(q, prior=pi)[80], w / w.sum())
+    # DEC's equal sizes hand the near-ties to the smaller cluster; the observed sizes keep them
+    assert target_distribution(q)[80].argmax() == 1
+    assert target_distribution(q, prior=size_prior(q.argmax(1).numpy(), 2))[80].argmax() == 0
+
+
+def test_size_prior_floors_empty_clusters():
+    pi = size_prior(np.array([0, 0, 0, 2]), 3)
+    assert torch.allclose(pi, torch.tensor([3 / 5, 1 / 5, 1 / 5]))  # cluster 1 empty: counted once
+    assert pi.sum().item() == pytest.approx(1.0)
 
 
 def test_kl_batchmean_by_hand():

@@ -18,7 +18,8 @@ def test_unknown_key_rejected(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("n_clusters", 0), ("lr", -1.0), ("likelihood", "poisson"),
                                         ("batch_size", 2.5), ("augment", "yes"), ("q_from", "z"),
-                                        ("cluster_epochs", "many"), ("cluster_epochs", -1)])
+                                        ("size_prior", "auto"), ("cluster_epochs", "many"),
+                                        ("cluster_epochs", -1)])
 def test_bad_values(key, value):
     with pytest.raises(DVClustError, match=key):
         Config(**{key: value})

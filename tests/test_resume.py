@@ -9,17 +9,23 @@ from dvclust.io import load_checkpoint
 PARAMS = dict(FAST, cluster_epochs=3, tol=0.0)
 
 
-@pytest.mark.parametrize("stop_phase, stop_epoch", [("pretrain", 2), ("cluster", 0), ("cluster", 1)])
-def test_resume_gives_same_labels(tmp_path, blobs, stop_phase, stop_epoch):
+@pytest.mark.parametrize("stop_phase, stop_epoch, extra", [
+    ("pretrain", 2, {}), ("cluster", 0, {}), ("cluster", 1, {}),
+    ("cluster", 1, {"size_prior": "kmeans"}),  # the k-means sizes must survive in the checkpoint
+])
+def test_resume_gives_same_labels(tmp_path, blobs, stop_phase, stop_epoch, extra):
     x, _ = blobs
-    full = DVC(3, random_state=5, **PARAMS).fit(x, run_dir=tmp_path / "full")
-    cut = DVC(3, random_state=5, **PARAMS).fit(
+    x = x[15:]  # 15 / 30 / 30 images: unequal sizes, so that the size prior is not uniform
+    full = DVC(3, random_state=5, **PARAMS, **extra).fit(x, run_dir=tmp_path / "full")
+    cut = DVC(3, random_state=5, **PARAMS, **extra).fit(
         x, run_dir=tmp_path / "cut",
         _stop_after=lambda s: s.phase == stop_phase and s.epoch == stop_epoch)
     assert not hasattr(cut, "labels_")
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["state"]["phase"] == stop_phase
 
-    resumed = DVC(3, random_state=5, **PARAMS).fit(x, run_dir=tmp_path / "cut", resume=True)
+    prior = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["state"]["prior"]
+    assert (prior is not None) == bool(extra)
+    resumed = DVC(3, random_state=5, **PARAMS, **extra).fit(x, run_dir=tmp_path / "cut", resume=True)
     assert np.array_equal(resumed.labels_, full.labels_)
     assert np.allclose(resumed.cluster_centers_, full.cluster_centers_)
     assert len(resumed.history_) == len(full.history_)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .cluster import ClusterHead, cluster_frequencies, kl_clustering_loss, kmeans_centers, \
-    soft_assign, target_distribution
+    size_prior, soft_assign, target_distribution
 from .config import Config
 from .data.augment import background_fraction, random_affine
 from .data.dataset import ImageDataset, collate_batch, to_float
@@ -68,16 +68,17 @@ class TrainState:
     bad_epochs: int = 0
     targets: torch.Tensor | None = None  # P, N x K, from the last target update
     prev_labels: torch.Tensor | None = None
+    prior: torch.Tensor | None = None    # cluster sizes for P (size_prior: kmeans); None = equal
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "epoch": self.epoch, "best_loss": self.best_loss,
                 "bad_epochs": self.bad_epochs, "targets": self.targets,
-                "prev_labels": self.prev_labels, "history": self.history}
+                "prev_labels": self.prev_labels, "prior": self.prior, "history": self.history}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
-        return cls(**{k: d[k] for k in cls().to_dict()})
+        return cls(**{k: d[k] for k in cls().to_dict() if k in d})  # older checkpoints lack some
 
 
 def data_fingerprint(images: np.ndarray) -> str:
@@ -129,8 +130,10 @@ def encode_all(model: DVCModel, images: np.ndarray, dist: Dist, batch_size: int 
     return (mu, dist.all_gather_rows(ne_out)) if neg_elbo else mu
 
 
-def assign_all(model: DVCModel, images: np.ndarray, dist: Dist, precision: str = "auto"):
-    """q for every image and the target P, with f_j summed over every rank's shard."""
+def assign_all(model: DVCModel, images: np.ndarray, dist: Dist, precision: str = "auto",
+               prior: torch.Tensor | None = None):
+    """q for every image and the target P (with cluster-size prior `prior`, None = equal sizes),
+    with f_j summed over every rank's shard."""
     mu = encode_all(model, images, dist, precision=precision)
     with torch.no_grad():
         q = model.head(mu)
@@ -138,7 +141,7 @@ def assign_all(model: DVCModel, images: np.ndarray, dist: Dist, precision: str =
         # form below is what makes the all-reduce explicit and keeps memory per rank bounded.
         rows = dist.shard(len(images))
         f = dist.all_reduce(cluster_frequencies(q[rows.start:rows.stop]).clone())
-        p = target_distribution(q, f)
+        p = target_distribution(q, f, None if prior is None else prior.to(q.device))
     return q, p
 
 
@@ -281,6 +284,7 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
         model.head.centers.data.copy_(dist.broadcast(centers))
         row = {"phase": "kmeans", "epoch": 0, "seconds": time.perf_counter() - t0}
         labels = model.head(mu).argmax(1).cpu().numpy()
+        st.prior = size_prior(labels, cfg.n_clusters) if cfg.size_prior == "kmeans" else None
         if y is not None:
             row.update({k: v for k, v in metrics.evaluate(y, labels).items() if k in HISTORY_KEYS})
         st.history.append(row)
@@ -306,7 +310,7 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
         while st.epoch < max_epochs:
             if st.epoch % cfg.update_interval == 0 or st.targets is None:
                 t0 = time.perf_counter()
-                q, p = assign_all(model, images, dist, cfg.precision)
+                q, p = assign_all(model, images, dist, cfg.precision, st.prior)
                 labels = q.argmax(1).cpu()
                 change = None
                 if st.prev_labels is not None:
