@@ -227,7 +227,8 @@ def _load_weights(model: DVCModel, saved: dict, path: Path) -> None:
 
 
 def _check_resumable(saved: dict, cfg: Config, data: ImageData, fingerprint: str, path: Path) -> None:
-    old = saved.get("config", {})
+    # a key the checkpoint lacks came after it was written: its default is the old behaviour
+    old = {**Config().to_dict(), **saved.get("config", {})}
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RUNTIME_KEYS and old.get(k) != v)
     if diff:
         raise DVClustError(f"{path}: cannot resume with a different config "
