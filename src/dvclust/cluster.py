@@ -30,7 +30,8 @@ def target_distribution(q: torch.Tensor, f: torch.Tensor | None = None,
     (`prior=None`), a pull toward equal sizes: it mends a k-means start that merged two balanced
     classes, but it splits the majority class of an imbalanced set (PneumoniaMNIST, 85% one class:
     every DEC-style run ended near 50/50). With pi = the k-means proportions (`size_prior`) that
-    pull is gone, and the sizes follow the data (there: 69% at the start, 80-87% at the end).
+    pull is gone, and the sizes follow the data (there, DVC: about 70% in the larger cluster at
+    the start, 79-87% at the end).
     `f` must be the frequency over the whole dataset; it defaults to q's own column sums, which is
     right only when q covers every image.
     """
@@ -42,7 +43,8 @@ def target_distribution(q: torch.Tensor, f: torch.Tensor | None = None,
 
 
 def size_prior(labels: np.ndarray, n_clusters: int) -> torch.Tensor:
-    """Cluster proportions of hard labels, floored so that an empty cluster can still gain images."""
+    """Cluster proportions of hard labels, floored at one image so that an empty cluster can still
+    gain images."""
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     counts = np.maximum(counts, 1.0)
     return torch.from_numpy(counts / counts.sum()).float()
