@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import re
@@ -112,7 +113,7 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
         res = json.loads(line[7:])
         labels = np.load(str(out.with_suffix("")) + "_labels.npy")
         latent = np.load(str(out.with_suffix("")) + "_latent.npy")
-        wall, rss, final_loss = res["wall_s"], res["peak_rss_mb"], None
+        wall, rss, final_loss, path = res["wall_s"], res["peak_rss_mb"], None, None
         np.save(out, labels)
     else:
         t0 = time.perf_counter()
@@ -122,12 +123,16 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         last = [r for r in est.history_ if r.get("loss") is not None]
         final_loss = last[-1]["loss"] if last else None
+        # NMI at the k-means start and at each target update of phase 3: what self-training adds
+        path = [[r["epoch"], r["nmi"]] for r in est.history_ if r.get("nmi") is not None
+                and (r["phase"] == "kmeans" or (r["phase"] == "target" and r["epoch"] > 0))]
         np.save(out, labels.astype(np.int64))
     ev = metrics.evaluate(data.labels, labels)
     return {"dataset": dataset, "method": spec, "seed": seed, "n": len(data), "k": k,
             "acc": ev["acc"], "nmi": ev["nmi"], "ari": ev["ari"],
             "per_class_recall": ev["per_class_recall"], "cluster_sizes": ev["cluster_sizes"],
             "silhouette": silhouette(latent, labels, seed=seed), "final_loss": final_loss,
+            "nmi_path": path,
             "wall_s": wall, "peak_rss_mb": rss, "threads": threads,
             # both dvclust (device: auto) and ClustPy train on the GPU when there is one
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -159,6 +164,7 @@ def devices(rs: list[dict]) -> str:
     return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{d} {n}" for d, n in counts.items())
 
 
+@functools.cache  # called per row when the tables are written
 def is_default(spec: str) -> bool:
     """True when every override in the spelling equals today's default ('dvc[beta=0.1]')."""
     from dvclust.config import Config
@@ -266,6 +272,50 @@ def config_choice(rows: list[dict], tag: str) -> list[str]:
     return lines
 
 
+def phase3(rows: list[dict]) -> list[str]:
+    """Per self-training (dataset, method): mean NMI at the k-means start, at the best target update
+    of phase 3 (an oracle stop: it needs the labels) and at the end, from rows that kept the path."""
+    lines = []
+    for (ds, method), rs in by_group([r for r in rows if len(r.get("nmi_path") or []) > 1]).items():
+        start = [r["nmi_path"][0][1] for r in rs]
+        best = [max(r["nmi_path"], key=lambda e: e[1]) for r in rs]
+        lines.append(f"| {ds} | {method} | {len(rs)} | {statistics.mean(start):.3f} | "
+                     f"{statistics.mean(b[1] for b in best):.3f} (epoch "
+                     f"{statistics.median(b[0] for b in best):.0f}) | "
+                     f"{statistics.mean(r['nmi'] for r in rs):.3f} | "
+                     f"{sum(r['nmi'] < s for r, s in zip(rs, start))} of {len(rs)} |")
+    return lines
+
+
+# Each self-training method and the *-kmeans method that is its phases 1-2: same network, same
+# seed, so that run's labels are the self-training run's k-means start (on the same device).
+START_OF = {"dvc": "vae-kmeans", "idec": "ae-kmeans", "dec": "ae-kmeans"}
+
+
+def seed_agreement(rows: list[dict], tag: str) -> list[str]:
+    """Per dataset and self-training method (default spelling): how far its seeds agree (mean NMI
+    between their labels, dvclust.select.agreement) at the k-means start and at the end, beside
+    the mean NMI against the classes at both: does agreement tell when phase 3 helps?"""
+    from dvclust.select import agreement
+
+    lines, groups = [], by_group(rows)
+    for ds, method in [(d, m) for d in dict.fromkeys(r["dataset"] for r in rows) for m in START_OF]:
+        start, rs = START_OF[method], groups.get((ds, method), [])
+        if (ds, start) not in groups:
+            continue
+        seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in groups[(ds, start)]})
+        paths = {m: [labels_path(tag, ds, m, s) for s in seeds] for m in (start, method)}
+        if len(seeds) < 3 or not all(p.exists() for ps in paths.values() for p in ps):
+            continue
+        agree = {m: agreement([np.load(p) for p in ps]) for m, ps in paths.items()}
+        nmi = {m: statistics.mean(r["nmi"] for r in groups[(ds, m)] if r["seed"] in seeds)
+               for m in (start, method)}
+        lines.append(f"| {ds} | {method} | {start} | {len(seeds)} | {agree[start]:.2f} | "
+                     f"{agree[method]:.2f} | {nmi[start]:.3f} | {nmi[method]:.3f} | "
+                     f"{nmi[method] - nmi[start]:+.3f} |")
+    return lines
+
+
 def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
     summ = summary(rows)
     with open(RESULTS / f"{tag}.csv.tmp", "w", newline="") as f:
@@ -341,6 +391,22 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
                  "labels would pick and the mean over all configs.", "",
                  "| dataset | configs | best by NMI | mean | silhouette pick | balance pick |",
                  "|---|---|---|---|---|---|", *cfg_lines]
+    agree = seed_agreement(rows, tag)
+    if agree:
+        body += ["", "Seed agreement: the mean NMI between the labels of a method's seeds, at its "
+                 "k-means start (the *-kmeans run of the same seeds: the same run's start where "
+                 "both ran on the same device, see 'run on' above) and at the end of phase 3, "
+                 "beside the mean NMI against the classes at both. `dvclust pick` prints the "
+                 "agreement of the runs it is given and warns below 0.8.", "",
+                 "| dataset | method | start | seeds | agreement at start | at end | NMI at start "
+                 "| at end | phase 3 adds |", "|---|---|---|---|---|---|---|---|---|", *agree]
+    p3 = phase3(rows)
+    if p3:
+        body += ["", "What phase 3 (self-training) adds: mean NMI of the k-means start, of the best "
+                 "target update along the way (median epoch; choosing it needs the labels, so it "
+                 "bounds what a label-free stop rule could reach) and of the end.", "",
+                 "| dataset | method | runs | NMI at start | best along phase 3 | NMI at end | "
+                 "end below start |", "|---|---|---|---|---|---|---|", *p3]
     write_block(f"bench_methods:{tag}", "\n".join(body))
 
 

@@ -40,3 +40,33 @@ def test_devices_column():
     assert bm.devices([_row("a", "dvc", 0, 0.5)]) == "CPU"
     assert bm.devices([_row("a", "dvc", 0, 0.5), _row("a", "dvc", 1, 0.5, "NVIDIA H200"),
                        _row("a", "dvc", 2, 0.5, "NVIDIA H200")]) == "CPU 1, H200 2"
+
+
+def test_phase3_table_compares_start_best_and_end():
+    rows = [{**_row("a", "dvc", 0, 0.40), "nmi_path": [[0, 0.50], [1, 0.60], [2, 0.45]]},
+            {**_row("a", "dvc", 1, 0.70), "nmi_path": [[0, 0.50], [1, 0.55], [2, 0.65], [3, 0.70]]},
+            {**_row("a", "kmeans", 0, 0.30), "nmi_path": None},        # no phase 3
+            {**_row("a", "vae-kmeans", 0, 0.30), "nmi_path": [[0, 0.30]]},
+            _row("a", "idec", 0, 0.35)]                                 # a row from before the path
+    assert bm.phase3(rows) == ["| a | dvc | 2 | 0.500 | 0.650 (epoch 2) | 0.550 | 1 of 2 |"]
+
+
+def test_seed_agreement_pairs_each_method_with_its_kmeans_start(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(bm, "RESULTS", tmp_path)
+    truth = np.repeat(np.arange(3), 20)
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        for method, labels, nmi in (("vae-kmeans", rng.permutation(truth), 0.1), ("dvc", truth, 0.9),
+                                    ("idec", truth, 0.8)):  # idec's start (ae-kmeans) was not run
+            p = bm.labels_path("t", "a", method, s)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            np.save(p, labels)
+            rows.append(_row("a", method, s, nmi))
+    (line,) = bm.seed_agreement(rows, "t")
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["a", "dvc", "vae-kmeans", "3"]
+    assert float(cells[4]) < 0.2 and cells[5] == "1.00"
+    assert cells[6:] == ["0.100", "0.900", "+0.800"]

@@ -1,5 +1,7 @@
 """The baselines of the comparison (issue 4): one contract, the traits each method must have, and
 the label-free choice among runs."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from sklearn.decomposition import PCA
 from conftest import FAST
 from dvclust import DVC, DVClustError, KMeansBaseline, NotFittedError, load_model, make_estimator
 from dvclust.config import METHODS
-from dvclust.select import balance, consensus_scores, pick, silhouette
+from dvclust.select import agreement, balance, consensus_scores, pick, silhouette
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,9 @@ def test_consensus_picks_the_run_the_others_agree_with():
     assert pick(s) in (1, 2) and np.argmin(s) == 0
     assert np.isclose(s[1], s[2])                # relabelling does not change a score
     assert pick(np.array([0.5, 0.5])) == 0       # ties go to the earliest run
+    assert agreement([truth, same]) == pytest.approx(1.0)
+    assert agreement([truth, rng.permutation(truth), rng.permutation(truth)]) < 0.1
+    assert agreement([truth, same, noisy]) > agreement([merged, truth, noisy])
     with pytest.raises(DVClustError, match="at least 2"):
         consensus_scores([truth])
     with pytest.raises(DVClustError, match="different numbers"):
@@ -133,5 +138,19 @@ def test_pick_command(tmp_path):
         res = CliRunner().invoke(app, ["pick", *runs, "--rule", rule])
         assert res.exit_code == 0, res.output
         assert res.output.count("->") == 1 and "chosen:" in res.output
+        assert "agreement between the runs:" in res.output
+    # a run whose labels are shuffled disagrees with the others: pick says so
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(runs[0], shuffled)
+    lines = (shuffled / "labels.csv").read_text().splitlines()
+    col = lines[0].split(",").index("cluster")
+    rows = [ln.split(",") for ln in lines[1:]]
+    for row, c in zip(rows, np.random.default_rng(0).permutation([r[col] for r in rows])):
+        row[col] = c
+    (shuffled / "labels.csv").write_text("\n".join([lines[0], *map(",".join, rows)]) + "\n")
+    calm = CliRunner().invoke(app, ["pick", runs[0], runs[0], "--rule", "consensus"])
+    assert "agreement between the runs: 1.00" in calm.output and "disagree" not in calm.output
+    res = CliRunner().invoke(app, ["pick", runs[0], str(shuffled), "--rule", "consensus"])
+    assert res.exit_code == 0 and "the runs disagree" in res.output, res.output
     res = CliRunner().invoke(app, ["pick", runs[0]])
     assert res.exit_code == 2 and "at least 2" in res.output

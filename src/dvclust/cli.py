@@ -246,7 +246,8 @@ def pick(
                              "(agreement with the other runs) or balance (evenest cluster sizes)"),
 ):
     """Choose among runs without labels (bench/RESULTS.md measures each rule)."""
-    from .select import balance, consensus_scores, pick as best, silhouette
+    from .select import STABLE_AGREEMENT, agreement, balance, consensus_scores, pick as best, \
+        silhouette
 
     if rule not in ("consensus", "balance", "silhouette"):
         raise DVClustError(f"--rule {rule!r}: use consensus, balance or silhouette")
@@ -265,6 +266,13 @@ def pick(
     for j, (r, sc) in enumerate(zip(run_dirs, scores)):
         typer.echo(f"{'->' if j == i else '  '} {r}  {rule} {sc:.4f}")
     typer.echo(f"chosen: {run_dirs[i]}")
+    agree = agreement(labels)
+    typer.echo(f"agreement between the runs: {agree:.2f} (mean NMI of their labels; 1 = the same "
+               "clusters)")
+    if agree < STABLE_AGREEMENT:
+        typer.echo(f"the runs disagree (below {STABLE_AGREEMENT}): the clusters depend on the run "
+                   "more than on the data; review them before naming (docs/ARCHITECTURE.md, "
+                   "\"Where self-training helps\")")
 
 
 @app.command()

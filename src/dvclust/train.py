@@ -174,9 +174,10 @@ def train(model: DVCModel, images: np.ndarray, cfg: Config, dist: Dist,
                         num_workers=0, pin_memory=dist.device.type == "cuda")
     dim = images.shape[1] * images.shape[2] * images.shape[3]
     scale = 1.0 / dim if cfg.recon_reduction == "mean" else 1.0
-    background = background_fraction(images) if cfg.augment == "auto" else 1.0
-    augment = cfg.augment_for(images.shape[1:], background)
-    if cfg.augment == "auto":
+    augment = cfg.augment
+    if augment == "auto":
+        background = background_fraction(images)
+        augment = cfg.augment_for(images.shape[1:], background)
         log(f"augment: auto -> {'on' if augment else 'off'} ({background:.0%} of the pixels are "
             f"background, {images.shape[2]}x{images.shape[3]} px)")
 
