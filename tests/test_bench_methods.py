@@ -21,7 +21,7 @@ def test_is_default_compares_overrides_with_the_config():
 
 
 def _row(ds, method, seed, nmi, device="cpu"):
-    return {"dataset": ds, "method": method, "seed": seed, "nmi": nmi, "device": device}
+    return {"dataset": ds, "method": method, "seed": seed, "nmi": nmi, "stamp": {"device": device}}
 
 
 def test_head_to_head_pools_default_spellings_and_flags_clear_gaps():

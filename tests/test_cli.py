@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dvclust.io import load_checkpoint
-from dvclust.train import PHASES
+from dvclust.training import PHASES
 
 FAST_SETS = ["--set", "pretrain_epochs=3", "--set", "cluster_epochs=2", "--set", "kmeans_n_init=2"]
 
@@ -59,22 +59,48 @@ def test_fit_predict_evaluate_on_digits(tmp_path):
     assert json.loads(p.stdout[: p.stdout.rindex("}") + 1])["acc"] == pytest.approx(m["acc"])
 
 
-@pytest.mark.parametrize("args, words", [
+BAD_INPUT = [
     (["fit", "nowhere.npz", "--clusters", 3, "--out", "r"], "nowhere.npz: no such file"),
     (["fit", "imagenet", "--clusters", 3, "--out", "r"], "embedded: digits"),
     (["fit", "digits", "--clusters", 5000, "--out", "r"], "n_clusters=5000 is larger"),
     (["fit", "digits", "--clusters", 3, "--out", "r", "--set", "gama=1"], "unknown key"),
     (["fit", "digits", "--clusters", 3, "--out", "r", "--config", "missing.yaml"], "missing.yaml"),
+    (["fit", "digits", "--out", "r"], "--clusters: give the number of clusters"),
     (["predict", "no_run", "digits"], "no_run: no checkpoint.pt"),
     (["evaluate", "no_run"], "no_run: no checkpoint.pt"),
-])
-def test_bad_input_gives_one_line(tmp_path, args, words):
-    p = subprocess.run([sys.executable, "-m", "dvclust", *map(str, args)], capture_output=True,
-                       text=True, cwd=tmp_path)
-    assert p.returncode == 2
-    assert "Traceback" not in p.stderr
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_INPUT)
+def test_bad_input_gives_one_line(tmp_path, monkeypatch, args, words):
+    """In-process (typer's CliRunner): the message is one line naming the value at fault."""
+    from typer.testing import CliRunner
+
+    from dvclust.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, list(map(str, args)))
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "dvclust", "fit", "nowhere.npz", "-k", "3", "--out",
+                        "r"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nowhere.npz" in lines[0]
+
+
+def test_a_runs_config_yaml_reproduces_the_run(tmp_path):
+    """`fit --config RUN/config.yaml` takes the run's settings (K and seed included) and sets
+    aside what the run recorded beside them (data, versions): the same labels again."""
+    dvclust("fit", "digits", "-k", 4, "--seed", 5, "--out", tmp_path / "a", "-q", *FAST_SETS)
+    dvclust("fit", "digits", "--config", tmp_path / "a" / "config.yaml", "--out", tmp_path / "b", "-q")
+    a, b = read_csv(tmp_path / "a" / "labels.csv"), read_csv(tmp_path / "b" / "labels.csv")
+    assert [r["cluster"] for r in a] == [r["cluster"] for r in b]
+    assert len({r["cluster"] for r in b}) == 4
 
 
 def test_existing_run_needs_resume(tmp_path):
@@ -100,11 +126,18 @@ KILL_SETS = ["--set", "pretrain_epochs=6", "--set", "cluster_epochs=6", "--set",
              "--set", "batch_size=32", "--set", "kmeans_n_init=2", "--seed", 7, "-q"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(blob_file, tmp_path_factory):
+    """The labels of one uninterrupted fit: the reference every killed-and-resumed fit must match."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    dvclust("fit", blob_file, "-k", 3, "--out", run, *KILL_SETS)
+    return read_csv(run / "labels.csv")
+
+
 @pytest.mark.parametrize("phase, epoch", [("pretrain", 2), ("cluster", 0), ("cluster", 3)])
-def test_sigkill_then_resume_gives_same_labels(tmp_path, blob_file, phase, epoch):
+def test_sigkill_then_resume_gives_same_labels(tmp_path, blob_file, uninterrupted, phase, epoch):
     """A fit killed with SIGKILL at a point in training, then resumed, ends with the labels of an
     uninterrupted fit."""
-    dvclust("fit", blob_file, "-k", 3, "--out", tmp_path / "full", *KILL_SETS)
     run = tmp_path / "cut"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "dvclust", "fit", str(blob_file), "-k", "3",
@@ -124,7 +157,7 @@ def test_sigkill_then_resume_gives_same_labels(tmp_path, blob_file, phase, epoch
     assert killed_at["phase"] == phase, f"killed at {killed_at['phase']}, not in {phase}"
     assert not (run / "labels.csv").exists()
     dvclust("fit", blob_file, "-k", 3, "--out", run, "--resume", "-q")
-    assert read_csv(run / "labels.csv") == read_csv(tmp_path / "full" / "labels.csv")
+    assert read_csv(run / "labels.csv") == uninterrupted
 
 
 def test_fit_on_image_folder_with_bad_files(tmp_path):

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from dvclust import metrics
 from dvclust.config import Config
-from dvclust.runtime import Dist
-from dvclust.train import DVCModel, assign_all
+from dvclust.training import Dist
+from dvclust.training import DVCModel, assign_all
 
 
 def _free_port() -> int:

@@ -21,10 +21,12 @@ def digits_model(digits):
     return DVC(10, random_state=0, pretrain_epochs=100, cluster_epochs=50, batch_size=64).fit(digits)
 
 
+@pytest.mark.slow
 def test_digits_quality(digits, digits_model):
     assert metrics.acc(digits.labels, digits_model.labels_) >= 0.75
 
 
+@pytest.mark.slow
 def test_fitted_attributes_and_inference(digits, digits_model):
     m = digits_model
     assert m.labels_.shape == (1797,) and m.cluster_centers_.shape == (10, 10)
@@ -109,3 +111,41 @@ def test_auto_cluster_epochs_reach_the_minimum_steps(blobs, monkeypatch):
     x, _ = blobs
     m = DVC(3, random_state=0, pretrain_epochs=1, batch_size=32, kmeans_n_init=1, tol=0.0).fit(x[:20])
     assert sum(r["phase"] == "cluster" for r in m.history_) == 60
+
+
+# ---- the scikit-learn contract ----------------------------------------------------------------
+def test_params_clone_set_params_and_repr():
+    from sklearn.base import clone
+
+    from dvclust import Config, KMeansBaseline
+
+    m = DVC(n_clusters=3, beta=0.2)
+    assert clone(m).beta == 0.2 and clone(m).n_clusters == 3
+    assert m.set_params(beta=0.3) is m and m.beta == 0.3
+    assert repr(m) == "DVC(beta=0.3, n_clusters=3)"
+    # every Config key is a parameter, with Config's default (random_state is Config's seed)
+    params = DVC().get_params()
+    cfg = Config().to_dict()
+    assert {k: params[k] for k in cfg if k != "seed"} == {k: v for k, v in cfg.items() if k != "seed"}
+    assert params["random_state"] == cfg["seed"]
+    assert clone(KMeansBaseline(4, method="pca-kmeans")).method == "pca-kmeans"
+    from sklearn.base import is_clusterer
+    assert is_clusterer(DVC()) and is_clusterer(KMeansBaseline())
+
+
+def test_in_a_pipeline_and_grid_search(blobs):
+    from sklearn.metrics import adjusted_rand_score, make_scorer
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    x, y = blobs
+    flat = x.reshape(len(x), -1)  # a pipeline step hands the images on as 16x16 again
+    pipe = make_pipeline(FunctionTransformer(lambda a: a.reshape(-1, 16, 16)),
+                         DVC(3, random_state=0, **FAST))
+    labels = pipe.fit_predict(flat)
+    assert labels.shape == (len(x),) and np.array_equal(pipe.predict(flat), labels)
+    assert pipe.transform(flat).shape == (len(x), 10)  # the posterior means
+    grid = GridSearchCV(DVC(3, random_state=0, **FAST), {"latent_dim": [2, 4]}, cv=2,
+                        scoring=make_scorer(adjusted_rand_score)).fit(x, y)
+    assert grid.best_params_["latent_dim"] in (2, 4) and grid.best_estimator_.latent_dim in (2, 4)

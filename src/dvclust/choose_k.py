@@ -1,7 +1,11 @@
 """Choosing K without labels: after variational pretraining, k-means for each K in a range on a
 sample of the posterior means, scored by silhouette (sampled), Calinski-Harabasz and
-Davies-Bouldin. The silhouette picks K; the others say whether they agree."""
+Davies-Bouldin. The silhouette picks K; the others say whether they agree.
+
+`suggest_k` is `dvclust suggest-k`; `pretrain_and_choose_k` is `dvclust fit --clusters auto`."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +55,43 @@ def describe(res: dict) -> str:
     return (f"suggested K = {res['k']} (silhouette {res['rows'][res['k'] - res['rows'][0]['k']]['silhouette']:.3f}, "
             f"{res['silhouette_margin']:.1%} above the next K; Calinski-Harabasz prefers "
             f"{res['ch_k']}, Davies-Bouldin {res['db_k']}): the choice is {res['clarity']}")
+
+
+def write_sweep(out: Path, res: dict) -> tuple[Path, Path]:
+    """suggest_k.csv and suggest_k.svg (the three scores against K) in folder `out`."""
+    from .io import write_text_atomic
+    from .report.svg import lines
+
+    rows = res["rows"]
+    write_sweep_csv(out / "suggest_k.csv", res)
+    ks = [r["k"] for r in rows]
+    ch = np.array([r["calinski_harabasz"] for r in rows])
+    write_text_atomic(out / "suggest_k.svg", lines(
+        {"silhouette": (ks, [r["silhouette"] for r in rows]),
+         "Calinski-Harabasz (scaled to 0..1)": (ks, list((ch - ch.min()) / (np.ptp(ch) or 1))),
+         "Davies-Bouldin (lower is better)": (ks, [r["davies_bouldin"] for r in rows])},
+        "scores of k-means on the latent means", w=560, h=300))
+    return out / "suggest_k.svg", out / "suggest_k.csv"
+
+
+def pretrain_and_choose_k(data, cfg, run_dir: Path, resume: bool, k_range: tuple[int, int],
+                          dist, verbose: bool = True) -> int:
+    """`--clusters auto`: pretrain in run_dir, sweep K on the latent means, then give the
+    checkpoint the chosen K (checkpoint.set_n_clusters), so that the normal fit resumes from
+    k-means initialisation. Phase 1 does not depend on K, so a placeholder K loses nothing."""
+    from .estimators import pretrain_only
+    from .training import checkpoint
+
+    ckpt = run_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        saved = checkpoint.load(ckpt)
+        if saved["state"]["phase"] != "pretrain":  # K was chosen before the interruption
+            return int(saved["config"]["n_clusters"])
+    pre = pretrain_only(data, cfg.replace(n_clusters=k_range[0]), run_dir, resume, verbose)
+    res = sweep_k(pre.transform(data), *k_range, seed=cfg.seed)
+    if dist.is_main:
+        print(describe(res))  # a result, not progress: shown even with --quiet
+        checkpoint.set_n_clusters(ckpt, res["k"])
+        write_sweep_csv(run_dir / "suggest_k.csv", res)
+    dist.barrier()
+    return res["k"]

@@ -1,4 +1,5 @@
-"""`dvclust fit | predict | evaluate`: a thin layer over run.py that turns errors into one line."""
+"""The command line: a thin layer that parses options, calls the module that owns each job, and
+turns every DVClustError into one line (exit 2)."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +9,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch.distributed as tdist
 import numpy as np
 import typer
 
@@ -16,8 +16,8 @@ from . import curate
 from .config import METHODS, Config
 from .data import ReadOptions
 from .errors import DVClustError
-from .run import DataSource, fit_run, load_run, predictions, read_labels, read_run_config, \
-    run_source, write_labels, write_metrics
+from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, run_source, \
+    write_labels, write_metrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Variational Clustering: label large image collections by clusters.")
@@ -55,8 +55,9 @@ def parse_sets(sets: list[str]) -> dict:
 @clean_errors
 def fit(
     data: str = typer.Argument(..., help="'digits', an MNIST idx folder, a MedMNIST .npz, or a .npy/.npz array"),
-    clusters: str = typer.Option(..., "--clusters", "-k",
-                                 help="number of clusters K, or 'auto' to choose it after pretraining"),
+    clusters: Optional[str] = typer.Option(
+        None, "--clusters", "-k", help="number of clusters K, or 'auto' to choose it after "
+        "pretraining (default: n_clusters of --config)"),
     k_range: tuple[int, int] = typer.Option((2, 15), help="with --clusters auto: the K range to sweep"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder for every output"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
@@ -90,6 +91,10 @@ def fit(
         cfg, _ = read_run_config(out)
     else:
         cfg = Config.from_yaml(config) if config else Config()
+    if clusters is None and config is None and not resume:
+        raise DVClustError("--clusters: give the number of clusters K (or 'auto', or a --config "
+                           "that holds n_clusters)")
+    clusters = str(cfg.n_clusters) if clusters is None else clusters
     auto = clusters.strip().lower() == "auto"
     if not auto and not clusters.strip().isdigit():
         raise DVClustError(f"--clusters {clusters!r}: expected a whole number or 'auto'")
@@ -101,10 +106,10 @@ def fit(
     cfg = cfg.replace(**changes)
     t0 = time.time()
     dataset = source.load(workers, verbose=not quiet)
-    model, m = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
-                       auto_k=tuple(k_range) if auto else None)
+    model, m, is_main = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
+                                auto_k=tuple(k_range) if auto else None)
     cfg = model.config_
-    if model._dist.is_main:
+    if is_main:
         sizes = ", ".join(str(int((model.labels_ == j).sum())) for j in range(cfg.n_clusters))
         typer.echo(f"\nclustered {len(dataset)} images into {cfg.n_clusters} clusters "
                    f"(sizes {sizes}) in {time.time() - t0:.0f}s")
@@ -117,10 +122,6 @@ def fit(
         typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml"
                    + (", history.csv" if (out / "history.csv").exists() else "")
                    + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
-    if tdist.is_initialized():
-        # every rank waits for rank 0's outputs before the group is torn down together
-        tdist.barrier()
-        tdist.destroy_process_group()
 
 
 @app.command()
@@ -138,7 +139,7 @@ def predict(
     # the run's own preprocessing, so that new images look like the ones it was trained on
     dataset = run_source(run_dir).with_data(data, split).load(verbose=True)
     out = out or run_dir / "predictions.csv"
-    pred = predictions(model, dataset)
+    pred = model.predict_details(dataset)
     # "far": further from every centre than 99% of the run's own images were
     limit = np.quantile(read_labels(run_dir)["distance"].astype(float), 0.99)
     pred["far"] = pred["distance"] > limit
@@ -216,26 +217,16 @@ def suggest_k(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Suggest K: pretrain, then score k-means on the latent means for each K in a range."""
-    from .choose_k import describe, sweep_k, write_sweep_csv
-    from .io import write_text_atomic
-    from .report.svg import lines
-    from .run import pretrain_only
+    from .choose_k import describe, sweep_k, write_sweep
+    from .estimators import pretrain_only
 
     cfg = (Config.from_yaml(config) if config else Config()).replace(n_clusters=k_min, **parse_sets(sets))
     dataset = DataSource(data, "all", ReadOptions(size=size)).load(verbose=not quiet)
     model = pretrain_only(dataset, cfg, verbose=not quiet)
     res = sweep_k(model.transform(dataset), k_min, k_max, seed=cfg.seed)
-    rows = res["rows"]
-    write_sweep_csv(out / "suggest_k.csv", res)
-    ks = [r["k"] for r in rows]
-    ch = np.array([r["calinski_harabasz"] for r in rows])
-    write_text_atomic(out / "suggest_k.svg", lines(
-        {"silhouette": (ks, [r["silhouette"] for r in rows]),
-         "Calinski-Harabasz (scaled to 0..1)": (ks, list((ch - ch.min()) / (np.ptp(ch) or 1))),
-         "Davies-Bouldin (lower is better)": (ks, [r["davies_bouldin"] for r in rows])},
-        "scores of k-means on the latent means", w=560, h=300))
+    svg, table = write_sweep(out, res)
     typer.echo(describe(res))
-    typer.echo(f"curves -> {out / 'suggest_k.svg'}, table -> {out / 'suggest_k.csv'}")
+    typer.echo(f"curves -> {svg}, table -> {table}")
 
 
 @app.command()
@@ -245,23 +236,10 @@ def pick(
     rule: str = typer.Option("silhouette", help="silhouette (on each run's latent means), consensus "
                              "(agreement with the other runs) or balance (evenest cluster sizes)"),
 ):
-    """Choose among runs without labels (bench/RESULTS.md measures each rule)."""
-    from .select import STABLE_AGREEMENT, agreement, balance, consensus_scores, pick as best, \
-        silhouette
+    """Choose among runs without labels (docs/DECISIONS.md, "dvclust pick", measures each rule)."""
+    from .select import STABLE_AGREEMENT, agreement, pick as best, score_runs
 
-    if rule not in ("consensus", "balance", "silhouette"):
-        raise DVClustError(f"--rule {rule!r}: use consensus, balance or silhouette")
-    labels = [read_labels(r)["cluster"].astype(int) for r in run_dirs]
-    if len(labels) < 2:
-        raise DVClustError(f"choosing among runs needs at least 2 of them, got {len(labels)}")
-    if rule == "consensus":
-        scores = consensus_scores(labels)
-    elif rule == "balance":
-        scores = np.array([balance(lab, read_run_config(r)[0].n_clusters)
-                           for r, lab in zip(run_dirs, labels)])
-    else:
-        scores = np.array([silhouette(load_run(r).transform(run_source(r).load(verbose=False)), lab)
-                           for r, lab in zip(run_dirs, labels)])
+    scores, labels = score_runs(run_dirs, rule)
     i = best(scores)
     for j, (r, sc) in enumerate(zip(run_dirs, scores)):
         typer.echo(f"{'->' if j == i else '  '} {r}  {rule} {sc:.4f}")
@@ -271,7 +249,7 @@ def pick(
                "clusters)")
     if agree < STABLE_AGREEMENT:
         typer.echo(f"the runs disagree (below {STABLE_AGREEMENT}): the clusters depend on the run "
-                   "more than on the data; review them before naming (docs/ARCHITECTURE.md, "
+                   "more than on the data; review them before naming (docs/DECISIONS.md, "
                    "\"Where self-training helps\")")
 
 

@@ -28,10 +28,9 @@ def target_distribution(q: torch.Tensor, f: torch.Tensor | None = None,
 
     pi_j / f_j favours clusters whose soft size f_j is below pi_j N. DEC's pi is uniform
     (`prior=None`), a pull toward equal sizes: it mends a k-means start that merged two balanced
-    classes, but it splits the majority class of an imbalanced set (PneumoniaMNIST, 85% one class:
-    every DEC-style run ended near 50/50). With pi = the k-means proportions (`size_prior`) that
-    pull is gone, and the sizes follow the data (there, DVC: about 70% in the larger cluster at
-    the start, 79-87% at the end).
+    classes, but splits the majority class of an imbalanced set. With pi = the k-means
+    proportions (`size_prior`) that pull is gone and the sizes follow the data
+    (docs/DECISIONS.md, "size_prior").
     `f` must be the frequency over the whole dataset; it defaults to q's own column sums, which is
     right only when q covers every image.
     """

@@ -25,14 +25,16 @@ DEEP_METHODS = {
     "vae-kmeans": (True, False, False),
     "ae-kmeans": (False, False, False),
 }
-# Phase 3's minimum length under cluster_epochs="auto". DEC and IDEC count their budget in steps
-# (2*10^4); a fixed epoch count gives small sets too few.
+# Phase 3's minimum length under cluster_epochs="auto" (docs/DECISIONS.md, "cluster_epochs").
 CLUSTER_MIN_STEPS = 4000
 AUGMENT_MIN_SIDE = 16          # augment: auto (see the field's comment)
 AUGMENT_MIN_BACKGROUND = 0.5
 # k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
 SHALLOW_METHODS = ("kmeans", "pca-kmeans")
 METHODS = (*DEEP_METHODS, *SHALLOW_METHODS)
+# What a run's config.yaml records beside the settings (the data source, the versions): read
+# back as a config (`fit --config RUN/config.yaml`) they are set aside, not refused.
+RECORDED_KEYS = ("versions", "data")
 METHOD_NAMES = {"dvc": "Deep Variational Clustering", "idec": "IDEC (conv autoencoder)",
                 "dec": "DEC (conv autoencoder)", "vae-kmeans": "k-means on VAE latent means",
                 "ae-kmeans": "k-means on autoencoder codes", "kmeans": "k-means on pixels",
@@ -52,20 +54,17 @@ class Config:
     # --- optimisation --------------------------------------------------------------------------
     batch_size: int = 256
     lr: float = 1e-3
-    # Weight of KL(q(z|x) || N(0, I)). 0.1 rather than the ELBO's 1: a weaker pull to the prior
-    # leaves a more clusterable latent space on small sets (digits NMI +0.04, 3 seeds); MNIST-70k
-    # seed 0 gave 0.898 (beta 1: 0.896-0.924 over 3 seeds). docs/ARCHITECTURE.md, "Defaults".
+    # Weight of KL(q(z|x) || N(0, I)): below the ELBO's 1, since a weaker pull to the prior leaves a
+    # more clusterable latent space (docs/DECISIONS.md, "beta").
     beta: float = 0.1
-    # Reconstruction reduction over pixels. "mean" divides the whole ELBO by C*H*W, so that gamma
-    # weighs the clustering KL against a per-pixel reconstruction as IDEC does (the DESIGN's measured
-    # hint: with "sum", gamma=0.1 leaves the labels unchanged). Adam makes phase 1 indifferent to it.
+    # Reconstruction reduction over pixels: "mean" divides the whole ELBO by C*H*W, so that gamma
+    # weighs the clustering KL against a per-pixel reconstruction as IDEC does (docs/DECISIONS.md,
+    # "gamma and the ELBO's scale").
     recon_reduction: str = "mean"
-    # Random shifts/rotations of each batch (DEC-DA): MNIST-70k ACC 0.81 -> 0.96 (bench/RESULTS.md).
-    # "auto" turns it on for an object on an empty field: images of at least 16 px a side (resampling
-    # an 8x8 image blurs away the very strokes it should preserve: digits ACC 0.71 without, 0.64
-    # with) of which at least half the pixels are background (< 0.05). The jitter fills with zeros,
-    # which is neutral only there; on images filled to the edge (X-rays, fundus photographs) it
-    # lowered NMI on all three medical sets (docs/ARCHITECTURE.md, "Defaults").
+    # Random shifts/rotations of each batch (DEC-DA). "auto": on for an object on an empty field,
+    # images of at least AUGMENT_MIN_SIDE px a side of which at least AUGMENT_MIN_BACKGROUND of the
+    # pixels are background (< 0.05); the jitter fills with zeros, neutral only there
+    # (docs/DECISIONS.md, "augment").
     augment: bool | str = "auto"
     # --- phase 1: variational pretraining ------------------------------------------------------
     pretrain_epochs: int = 50        # maximum
@@ -76,15 +75,13 @@ class Config:
     kmeans_max_samples: int = 100_000  # above this, k-means runs on a random sample of the latents
     # --- phase 3: joint self-training ----------------------------------------------------------
     # Epoch limit. "auto" = 50 epochs, raised to at least CLUSTER_MIN_STEPS optimiser steps on
-    # small sets: 50 epochs of the 1,797 digits are 400 steps and leave the labels moving
-    # (NMI 0.77 -> 0.81 at 4,000 steps). From ~20k images on, "auto" is 50 epochs.
+    # small sets (docs/DECISIONS.md, "cluster_epochs").
     cluster_epochs: int | str = "auto"
     gamma: float = 0.1               # weight of KL(P || Q)
     # Cluster sizes the target P pulls toward (cluster.target_distribution): "equal" (DEC's) or
-    # "kmeans" (the proportions k-means found in phase 2). "equal" splits a dominant class
-    # (PneumoniaMNIST, 85% one class: NMI 0.107 -> 0.150, ACC 0.63 -> 0.84 with "kmeans") but
-    # mends merged balanced classes (digits NMI 0.811 with "equal", 0.787 with "kmeans").
-    # docs/ARCHITECTURE.md, "size_prior".
+    # "kmeans" (the proportions k-means found in phase 2). "equal" splits a dominant class but
+    # mends merged balanced ones; "kmeans" suits an archive that is mostly one class
+    # (docs/DECISIONS.md, "size_prior").
     size_prior: str = "equal"
     alpha: float = 1.0               # Student-t degrees of freedom
     update_interval: int = 1         # epochs between recomputations of the target P
@@ -180,7 +177,8 @@ class Config:
             raise DVClustError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-        data.pop("versions", None)  # a run's config.yaml records versions; they are not settings
+        for key in RECORDED_KEYS:
+            data.pop(key, None)
         return cls.from_dict(data, source=str(path))
 
 

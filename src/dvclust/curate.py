@@ -15,7 +15,7 @@ from PIL import Image
 
 from .errors import DVClustError
 from .io import atomic_file, write_csv_atomic, write_json_atomic
-from .run import read_labels, read_run_config, run_source
+from .rundir import read_labels, read_run_config, run_source
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
 

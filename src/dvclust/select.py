@@ -1,9 +1,6 @@
 """Label-free choice among runs (seeds or configs) of the same data: users have no labels.
 
-Three rules, measured in bench/RESULTS.md (block bench_methods:methods). None finds the best seed
-reliably: over 6 datasets, silhouette (the default of `dvclust pick`) picked seeds from 0.012 ACC
-worse to 0.032 better than a random seed, consensus from 0.004 worse to 0.009 better; balance gained
-most on balanced classes and lost on imbalanced ones.
+Three rules; none finds the best seed reliably (docs/DECISIONS.md, "dvclust pick"):
 
 - silhouette: the run whose labels have the highest silhouette on its own latent means (sampled).
   Comparable across seeds of one config; across configs with different latent spaces it is not.
@@ -15,11 +12,8 @@ most on balanced classes and lost on imbalanced ones.
   very unequal, so it is a poor rule for strongly imbalanced data.
 
 Beside the choice, `agreement` says how far to trust any of the runs: the mean NMI between their
-labels. Where the seeds found the same clusters (0.86-0.93 on digits and the MNIST test set after
-self-training) phase 3 had raised NMI against the classes by 0.08-0.23; where they did not
-(0.34-0.71 on the three medical sets) it had moved NMI by -0.06 to +0.02, i.e. the clusters were
-one of several equally good partitions, not the structure of the data (bench/RESULTS.md, block
-bench_methods:methods, "seed agreement").
+labels. Low agreement means the clusters are one of several equally good partitions, not the
+structure of the data.
 """
 from __future__ import annotations
 
@@ -46,7 +40,7 @@ def consensus_scores(labelings: list[np.ndarray]) -> np.ndarray:
 
 
 # Below this mean NMI between seeds, `dvclust pick` warns that the clusters depend on the seed
-# (between the 0.71 and 0.86 that separated the medical sets from digits and the MNIST test set).
+# (docs/DECISIONS.md, "dvclust pick").
 STABLE_AGREEMENT = 0.8
 
 
@@ -75,3 +69,24 @@ def balance(labels: np.ndarray, n_clusters: int | None = None) -> float:
 def pick(scores: np.ndarray) -> int:
     """Index of the best score; ties go to the earliest run."""
     return int(np.argmax(np.round(scores, 12)))
+
+
+RULES = ("silhouette", "consensus", "balance")
+
+
+def score_runs(run_dirs: list, rule: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each finished run's score under `rule` (higher = chosen), and the runs' labels."""
+    from .rundir import load_run, read_labels, read_run_config, run_source
+
+    if rule not in RULES:
+        raise DVClustError(f"--rule {rule!r}: use {', '.join(RULES)}")
+    labels = [read_labels(r)["cluster"].astype(int) for r in run_dirs]
+    if len(labels) < 2:
+        raise DVClustError(f"choosing among runs needs at least 2 of them, got {len(labels)}")
+    if rule == "consensus":
+        return consensus_scores(labels), labels
+    if rule == "balance":
+        return np.array([balance(lab, read_run_config(r)[0].n_clusters)
+                         for r, lab in zip(run_dirs, labels)]), labels
+    return np.array([silhouette(load_run(r).transform(run_source(r).load(verbose=False)), lab)
+                     for r, lab in zip(run_dirs, labels)]), labels

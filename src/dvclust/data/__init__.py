@@ -11,12 +11,13 @@ from .dataset import ImageDataset
 from .images import ImageData, as_images, as_labels
 from .mnist import is_mnist_dir, read_mnist
 from .preprocess import ReadOptions
-from .store import load_store, open_store, reader_for
+from .readers import Reader, reader_for, register_reader
+from .store import load_store, open_store
 
 EMBEDDED = ("digits",)
 
-__all__ = ["ImageData", "ImageDataset", "ReadOptions", "as_images", "as_labels", "load_dataset",
-           "EMBEDDED"]
+__all__ = ["ImageData", "ImageDataset", "ReadOptions", "Reader", "as_images", "as_labels",
+           "load_dataset", "register_reader", "EMBEDDED"]
 
 
 def _digits() -> ImageData:

@@ -1,8 +1,8 @@
 """Random small affine jitter of a batch (DEC-DA, Guo et al. 2018): rotations up to 10 degrees and
 shifts up to 10% of the side, zero-filled. Clustering on features that must survive such jitter
-is what lifts DEC-style methods on digit-like data (MNIST-70k NMI 0.83 -> 0.92). On images that fill
-the frame (X-rays, fundus photographs) it lowered NMI, so `augment: auto` asks background_fraction
-first: docs/ARCHITECTURE.md, "Defaults and the evidence for them"."""
+lifts DEC-style methods on digit-like data; on images that fill the frame (X-rays, fundus
+photographs) it lowers NMI, so `augment: auto` asks background_fraction first
+(docs/DECISIONS.md, "augment")."""
 from __future__ import annotations
 
 import math

@@ -25,21 +25,11 @@ from tqdm.auto import tqdm
 
 from ..errors import DVClustError
 from ..io import write_csv_atomic, write_json_atomic
-from . import dicom, imagefile, nifti
 from .images import ImageData
 from .preprocess import ReadOptions, preprocess
+from .readers import known_suffixes, reader_for
 
 STORE_VERSION = 1
-
-
-def reader_for(path: Path):
-    name = path.name.lower()
-    for mod in (imagefile, nifti, dicom):
-        if name.endswith(mod.SUFFIXES):
-            return mod
-    if "." not in name and dicom.is_dicom(path):  # DICOM files often have no suffix
-        return dicom
-    return None
 
 
 def scan(root: Path) -> list[Path]:
@@ -57,9 +47,9 @@ def default_store(root: Path, opts: ReadOptions) -> Path:
 
 def _work(args):
     path, opts = args
-    mod = reader_for(path)
+    reader = reader_for(path)
     try:
-        return [(item, preprocess(img, opts)) for item, img in mod.read(path, opts)], None
+        return [(item, preprocess(img, opts)) for item, img in reader.read(path, opts)], None
     except DVClustError:
         raise
     except ValueError as e:
@@ -96,7 +86,7 @@ def load_store(root: Path, opts: ReadOptions, store: Path | None = None,
     files = scan(root)
     if not files:
         raise DVClustError(f"{root}: holds no image, DICOM or NIfTI files "
-                           f"(looked for {', '.join(imagefile.SUFFIXES + dicom.SUFFIXES + nifti.SUFFIXES)})")
+                           f"(looked for {', '.join(known_suffixes())})")
     state = _file_state(root, files)
     store.mkdir(parents=True, exist_ok=True)
     # Several runs may start on the same folder at once (three seeds, say): one builds, the

@@ -11,14 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..config import METHOD_NAMES
 from ..curate import cluster_name, load_names, review_queue
 from ..io import write_text_atomic
-from ..losses import reconstruct
-from ..run import load_run, read_labels, read_run_config, run_source
+from ..rundir import load_run, read_labels, read_run_config, run_source
 from . import svg
 
 
@@ -134,12 +132,8 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
 
     # reconstructions (the pixel baselines have no decoder)
     few = imgs[:8]
-    if hasattr(model, "model_"):
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(few)).to(model._dist.device)
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            mu, _ = model.model_.vae.encode(x)
-            rec_ = reconstruct(model.model_.vae.decoder(mu)).float().cpu().numpy()
+    if hasattr(model, "reconstruct"):
+        rec_ = model.reconstruct(few)
         parts.append("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
                      f"<div>{''.join(_png(a) for a in few)}</div>"
                      f"<div>{''.join(_png(a) for a in rec_)}</div>")

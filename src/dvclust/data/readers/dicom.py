@@ -6,18 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DVClustError
-from .preprocess import to_unit
-
-SUFFIXES = (".dcm", ".dicom")
+from ..preprocess import to_unit
+from . import Reader, optional_import
 
 
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError:
-        raise DVClustError("reading DICOM needs pydicom: pip install 'dvclust[dicom]'") from None
-    return pydicom
+class DicomReader(Reader):
+    name = "DICOM"
+    suffixes = (".dcm", ".dicom")
+
+    def can_read(self, path: Path) -> bool:
+        # DICOM files often have no suffix at all: then the magic bytes decide
+        return super().can_read(path) or ("." not in path.name and is_dicom(path))
+
+    def read(self, path: Path, opts) -> list[tuple[str, np.ndarray]]:
+        return _read(path, opts)
 
 
 def is_dicom(path: Path) -> bool:
@@ -30,8 +32,8 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
-    pydicom = _pydicom()
+def _read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
+    pydicom = optional_import("pydicom", "dicom", "DICOM")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:

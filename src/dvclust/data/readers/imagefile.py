@@ -5,10 +5,18 @@ from pathlib import Path
 
 import numpy as np
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from . import Reader
 
 
-def read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
+class ImageFileReader(Reader):
+    name = "image file"
+    suffixes = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+    def read(self, path: Path, opts) -> list[tuple[str, np.ndarray]]:
+        return _read(path, opts)
+
+
+def _read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -17,7 +25,7 @@ def read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 # 16/32-bit medical exports: scale by the image's own range
-                from .preprocess import to_unit
+                from ..preprocess import to_unit
                 arr = to_unit(np.asarray(im, dtype=np.float32))
             else:
                 target = "L" if mode in ("1", "L", "P", "LA") and opts.channels == 1 else "RGB"

@@ -1,4 +1,4 @@
-"""A run folder: what `dvclust fit` writes and what predict/evaluate read back.
+"""The run folder: what `dvclust fit` writes (fit_run) and what every other command reads back.
 
     RUN_DIR/config.yaml     resolved config + data source + versions (written before training)
     RUN_DIR/checkpoint.pt   weights, optimiser, training state; rewritten atomically every epoch
@@ -9,24 +9,27 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 import yaml
 
 from . import metrics
-from .config import SHALLOW_METHODS, Config
+from .config import RECORDED_KEYS, SHALLOW_METHODS, Config
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
-from .estimators import DVC, load_model, make_estimator
-from .io import load_checkpoint, save_checkpoint, write_csv_atomic, write_json_atomic, \
-    write_text_atomic
-from .runtime import Dist, versions
+from .estimators import estimator_for, load_model
+from .io import write_csv_atomic, write_json_atomic, write_text_atomic
+from .runtime import versions
+from .training.distributed import process_group, torchrun_world_size
 
-RECORDED_KEYS = ("versions", "data")  # written into config.yaml for the record, not settings
+
+class FitResult(NamedTuple):
+    model: Any             # the fitted estimator
+    metrics: dict | None   # against known labels, when there are any
+    is_main: bool          # rank 0 (or the only process): the one that wrote the outputs
 
 
 @dataclass
@@ -79,11 +82,6 @@ def run_source(run_dir: Path) -> DataSource:
     return DataSource.from_dict(rec["data"])
 
 
-def predictions(model: DVC, data: ImageData) -> dict[str, np.ndarray]:
-    """Label, confidence, outlier score and distance to the nearest centre of every image."""
-    return model.predict_details(data)
-
-
 def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> None:
     header = ["index", "source", "cluster", "confidence", "outlier_score", "distance"]
     cols = [range(len(data)), data.sources or [str(i) for i in range(len(data))], pred["cluster"],
@@ -104,82 +102,46 @@ def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray) -> dict:
     return m
 
 
-def _estimator(cfg: Config, verbose: bool):
-    return make_estimator(cfg.method, cfg.n_clusters, random_state=cfg.seed, verbose=verbose,
-                          **{k: v for k, v in cfg.to_dict().items()
-                             if k not in ("method", "n_clusters", "seed")})
-
-
 def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
             resume: bool = False, verbose: bool = True,
-            auto_k: tuple[int, int] | None = None) -> tuple[DVC, dict | None]:
-    """Train (or resume) into run_dir and write every output; returns the model and metrics.
-    With `auto_k=(min, max)`, K is chosen after pretraining (see choose_k)."""
+            auto_k: tuple[int, int] | None = None) -> FitResult:
+    """Train (or resume) into run_dir and write every output (rank 0); joins and leaves the
+    torchrun process group when there is one. With `auto_k=(min, max)`, K is chosen after
+    pretraining (choose_k.pretrain_and_choose_k)."""
     if (run_dir / "checkpoint.pt").exists() and not resume:
         raise DVClustError(f"{run_dir}: already holds a run (checkpoint.pt); pass --resume to "
                            "continue it, or choose another --out")
-    if cfg.method in SHALLOW_METHODS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if cfg.method in SHALLOW_METHODS and torchrun_world_size() > 1:
         raise DVClustError(f"method {cfg.method!r} trains no network and runs in one process; "
                            "start it without torchrun")
-    is_main = Dist.from_env(cfg.device).is_main  # joins the torchrun group, if any, first
-    if auto_k is not None:
-        if cfg.method in SHALLOW_METHODS:
-            raise DVClustError(f"--clusters auto pretrains a network; method {cfg.method!r} has "
-                               "none, give K")
-        k = choose_k(data, cfg, run_dir, source, resume, auto_k, verbose)
-        cfg, resume = cfg.replace(n_clusters=k), True
-        if is_main:
+    if auto_k is not None and cfg.method in SHALLOW_METHODS:
+        raise DVClustError(f"--clusters auto pretrains a network; method {cfg.method!r} has "
+                           "none, give K")
+    with process_group(cfg.device) as dist:
+        if auto_k is not None:
+            from .choose_k import pretrain_and_choose_k
+
+            if dist.is_main and not resume:
+                write_config(run_dir, cfg.replace(n_clusters=auto_k[0]), source)
+            k = pretrain_and_choose_k(data, cfg, run_dir, resume, auto_k, dist, verbose)
+            cfg, resume = cfg.replace(n_clusters=k), True
+            if dist.is_main:
+                write_config(run_dir, cfg, source)
+        elif dist.is_main and not resume:
             write_config(run_dir, cfg, source)
-    elif is_main and not resume:
-        write_config(run_dir, cfg, source)
-    model = _estimator(cfg, verbose).fit(data, run_dir=run_dir, resume=resume)
-    m = None
-    if is_main:
-        pred = predictions(model, data)
-        write_labels(run_dir / "labels.csv", data, pred)
-        if data.skipped:
-            write_csv_atomic(run_dir / "skipped.csv", ["source", "reason"], data.skipped)
-        if data.labels is not None:
-            m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"])
-    return model, m
+        model = estimator_for(cfg, verbose).fit(data, run_dir=run_dir, resume=resume)
+        m = None
+        if dist.is_main:
+            pred = model.predict_details(data)
+            write_labels(run_dir / "labels.csv", data, pred)
+            if data.skipped:
+                write_csv_atomic(run_dir / "skipped.csv", ["source", "reason"], data.skipped)
+            if data.labels is not None:
+                m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"])
+    return FitResult(model, m, dist.is_main)
 
 
-def pretrain_only(data: ImageData, cfg: Config, run_dir: Path | None = None, resume: bool = False,
-                  verbose: bool = True) -> DVC:
-    """Phase 1 alone (the loop stops once pretraining has ended and is checkpointed)."""
-    return _estimator(cfg, verbose).fit(data, run_dir=run_dir, resume=resume,
-                                        _stop_after=lambda s: s.phase == "kmeans")
-
-
-def choose_k(data: ImageData, cfg: Config, run_dir: Path, source: DataSource, resume: bool,
-             k_range: tuple[int, int], verbose: bool = True) -> int:
-    """`--clusters auto`: pretrain in run_dir, sweep K on the latent means, then rewrite the
-    checkpoint for the chosen K so that the normal fit resumes from k-means initialisation.
-    Phase 1 does not depend on K, so pretraining under a placeholder K loses nothing."""
-    from .choose_k import describe, sweep_k, write_sweep_csv
-
-    ckpt = run_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        saved = load_checkpoint(ckpt)
-        if saved["state"]["phase"] != "pretrain":  # K was chosen before the interruption
-            return int(saved["config"]["n_clusters"])
-    placeholder = cfg.replace(n_clusters=k_range[0])
-    if Dist.from_env(cfg.device).is_main and not resume:
-        write_config(run_dir, placeholder, source)
-    pre = pretrain_only(data, placeholder, run_dir, resume, verbose)
-    res = sweep_k(pre.transform(data), *k_range, seed=cfg.seed)
-    if pre._dist.is_main:
-        print(describe(res))  # a result, not progress: shown even with --quiet
-        saved = load_checkpoint(ckpt)
-        saved["config"]["n_clusters"] = res["k"]
-        saved["model"]["head.centers"] = torch.zeros(res["k"], cfg.latent_dim)
-        save_checkpoint(ckpt, {k: v for k, v in saved.items() if k not in ("format", "format_version")})
-        write_sweep_csv(run_dir / "suggest_k.csv", res)
-    pre._dist.barrier()
-    return res["k"]
-
-
-def load_run(run_dir: Path, device: str | None = None) -> DVC:
+def load_run(run_dir: Path, device: str | None = None):
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.exists():
         raise DVClustError(f"{run_dir}: no checkpoint.pt; is this a dvclust run folder?")

@@ -6,17 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DVClustError
-from .preprocess import slice_from
-
-SUFFIXES = (".nii", ".nii.gz")
+from ..preprocess import slice_from
+from . import Reader, optional_import
 
 
-def read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
-    try:
-        import nibabel as nib
-    except ImportError:
-        raise DVClustError("reading NIfTI needs nibabel: pip install 'dvclust[nifti]'") from None
+class NiftiReader(Reader):
+    name = "NIfTI"
+    suffixes = (".nii", ".nii.gz")
+
+    def read(self, path: Path, opts) -> list[tuple[str, np.ndarray]]:
+        return _read(path, opts)
+
+
+def _read(path: Path, opts) -> list[tuple[str, np.ndarray]]:
+    nib = optional_import("nibabel", "nifti", "NIfTI")
     try:
         vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
     except Exception as e:
