@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_dvc import DATASETS
+from harness import DATASETS
+import harness
 from results_md import write_block
 
 def fit(prefix: list[str], out: Path, sets: list[str], threads: int) -> dict:
@@ -47,7 +48,7 @@ def main() -> None:
                                      (f"torchrun, {a.nproc} gloo processes", many)))
     write_block("bench_ddp", f"## bench_ddp: one process vs {a.nproc} (gloo, CPU), MNIST test set (10,000)\n\n"
                 f"Command: `python bench/bench_ddp.py --nproc {a.nproc} --set {' '.join(a.set)}`  \n"
-                f"Run on: {time.strftime('%Y-%m-%d')}, this 2-core CPU\n\n"
+                f"{harness.stamp_line()}\n\n"
                 "| run | ACC | NMI | ARI | wall s |\n|---|---|---|---|---|\n" + rows +
                 f"\n\nACC difference: {abs(one['acc'] - many['acc']):.4f}")
 

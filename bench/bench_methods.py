@@ -11,7 +11,7 @@ torchvision and dvclust's torch live together).
 Each run is its own process (so peak RSS is that run's), `--jobs` run at once with
 `--threads` torch threads each. Rows are appended to bench/results/<tag>.jsonl as they finish, and
 runs already there are skipped, so an interrupted benchmark continues where it stopped. The
-tables go to bench/results/<tag>.csv and to the block bench_methods:<tag> of bench/RESULTS.md.
+tables go to bench/results/<tag>.csv (generated, not committed) and to the block bench_methods:<tag> of bench/RESULTS.md.
 
     python bench/bench_methods.py --datasets digits retina --seeds 0 1 2 --clustpy
     python bench/bench_methods.py --datasets retina --methods "dvc[gamma=0.01]" "dvc[q_from=sample]"
@@ -25,8 +25,6 @@ import functools
 import json
 import os
 import re
-import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -36,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_dvc import DATASETS, dataset_spec, parse_value
+import harness
+from harness import DATASETS, HERE, RESULTS, load, parse_value
 from results_md import write_block
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 CLUSTPY_VENV = HERE / ".venv-clustpy"
 CLUSTPY_PYTHON = Path(os.environ.get("BENCH_CLUSTPY_PYTHON", CLUSTPY_VENV / "bin" / "python"))
 OURS = ("kmeans", "pca-kmeans", "ae-kmeans", "vae-kmeans", "dec", "idec", "dvc")
@@ -65,16 +62,6 @@ def parse_run(spec: str) -> tuple[str, str, int]:
     if not (dataset and method and seed.isdigit()):
         raise SystemExit(f"--runs {spec!r}: expected DATASET:METHOD:SEED, e.g. mnist:dvc:0")
     return dataset, method, int(seed)
-
-
-def load(dataset: str):
-    from dvclust import load_dataset
-    from dvclust.data import ReadOptions
-
-    src, k, split, opts = dataset_spec(dataset)
-    data = load_dataset(src, split=split, **({"options": ReadOptions(**opts)} if opts else {}),
-                        verbose=False)
-    return data, k
 
 
 def labels_path(tag: str, dataset: str, method: str, seed: int) -> Path:
@@ -114,13 +101,18 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
         labels = np.load(str(out.with_suffix("")) + "_labels.npy")
         latent = np.load(str(out.with_suffix("")) + "_latent.npy")
         wall, rss, final_loss, path = res["wall_s"], res["peak_rss_mb"], None, None
+        config, img_s = {"clustpy": method, "n_clusters": k, "seed": seed}, {}
         np.save(out, labels)
     else:
         t0 = time.perf_counter()
         est = make_estimator(method, k, random_state=seed, **overrides).fit(data)
         wall = time.perf_counter() - t0
         labels, latent = est.labels_, est.transform(data)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = harness.peak_rss_mb()
+        config = est.config_.to_dict()
+        img_s = {f"{ph}_img_s": statistics.median(r["images_per_s"] for r in rs) if rs else None
+                 for ph in ("pretrain", "cluster")
+                 for rs in [[r for r in est.history_ if r["phase"] == ph]]}
         last = [r for r in est.history_ if r.get("loss") is not None]
         final_loss = last[-1]["loss"] if last else None
         # NMI at the k-means start and at each target update of phase 3: what self-training adds
@@ -133,10 +125,9 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
             "per_class_recall": ev["per_class_recall"], "cluster_sizes": ev["cluster_sizes"],
             "silhouette": silhouette(latent, labels, seed=seed), "final_loss": final_loss,
             "nmi_path": path,
-            "wall_s": wall, "peak_rss_mb": rss, "threads": threads,
+            "wall_s": wall, "peak_rss_mb": rss, **img_s,
             # both dvclust (device: auto) and ClustPy train on the GPU when there is one
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "date": time.strftime("%Y-%m-%d")}
+            "stamp": harness.stamp(config, threads)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +150,7 @@ def by_group(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 def devices(rs: list[dict]) -> str:
     """'CPU', 'H200' or 'CPU 1, H200 2' (rows from before the device field ran on the CPU)."""
-    names = [r.get("device", "cpu").replace("NVIDIA ", "").replace("cpu", "CPU") for r in rs]
+    names = [r["stamp"]["device"].replace("NVIDIA ", "").replace("cpu", "CPU") for r in rs]
     counts = {d: names.count(d) for d in dict.fromkeys(names)}
     return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{d} {n}" for d, n in counts.items())
 
@@ -325,7 +316,7 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
         for r in rows:
             w.writerow([r["dataset"], r["method"], r["seed"], f"{r['acc']:.4f}", f"{r['nmi']:.4f}",
                         f"{r['ari']:.4f}", f"{r['silhouette']:.4f}", f"{r['wall_s']:.1f}",
-                        f"{r['peak_rss_mb']:.0f}", r["threads"], r.get("device", "cpu"),
+                        f"{r['peak_rss_mb']:.0f}", r["stamp"]["threads"], r["stamp"]["device"],
                         json.dumps(r["per_class_recall"])])
     os.replace(RESULTS / f"{tag}.csv.tmp", RESULTS / f"{tag}.csv")
     md = ["| dataset | method | seeds | ACC | NMI | ARI | per-class recall (mean) | wall s | "
@@ -355,7 +346,7 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
         if any("run_as" in r for r in rows) else []
     body = [f"## bench_methods: {tag}", "", "Commands (run in this order; runs already in the "
             "jsonl are skipped):", "", *[f"    {c}" for c in commands], "",
-            f"Run {min(r['date'] for r in rows)} to {max(r['date'] for r in rows)}, on the machine "
+            f"Run {min(r['stamp']['date'] for r in rows)} to {max(r['stamp']['date'] for r in rows)}, on the machine "
             "in the 'run on' column: CPU = 2 cores, torch threads per run as in the csv; a GPU row "
             "ran with dvclust's CUDA default (bf16 autocast) beside other runs sharing that GPU, so "
             "its wall time is not comparable with a CPU row's. Best mean NMI per dataset in bold; "
@@ -441,12 +432,11 @@ def main() -> None:
     a = ap.parse_args()
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
     if a.one:
-        print("RESULT " + json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a.tag, threads)), flush=True)
+        harness.emit(one(a.one[0], a.one[1], int(a.one[2]), a.tag, threads))
         return
-    RESULTS.mkdir(exist_ok=True)
     log = RESULTS / f"{a.tag}.jsonl"
-    rows = [json.loads(ln) for ln in open(log)] if log.exists() else []
-    command = "python bench/bench_methods.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    rows = harness.read_rows(log)
+    command = harness.command(__file__)
     methods = a.methods + (list(CLUSTPY) if a.clustpy else [])
     if a.runs:
         plan = [parse_run(r) for r in a.runs]
@@ -459,13 +449,11 @@ def main() -> None:
 
     def run(job):
         d, m, s = job
-        p = subprocess.run([sys.executable, __file__, "--tag", a.tag, "--threads", str(threads),
-                            "--one", d, m, str(s)], capture_output=True, text=True)
-        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{d} {m} seed {s} FAILED:\n{p.stderr[-2000:]}", flush=True)
+        try:
+            return harness.run_case(__file__, ["--tag", a.tag, "--threads", threads, "--one", d, m, s])
+        except harness.CaseFailed as e:
+            print(f"{d} {m} seed {s} FAILED: {e}", flush=True)
             return None
-        return json.loads(line[7:])
 
     if not a.tables_only:
         with ThreadPoolExecutor(a.jobs) as pool:  # each row is saved as soon as its run ends
@@ -474,8 +462,7 @@ def main() -> None:
                     continue
                 row["command"] = command
                 rows.append(row)
-                with open(log, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                harness.append_row(log, row)
                 print(f"{row['dataset']} {row['method']} seed {row['seed']}: ACC {row['acc']:.4f} "
                       f"NMI {row['nmi']:.4f} ARI {row['ari']:.4f} {row['wall_s']:.0f}s "
                       f"RSS {row['peak_rss_mb']:.0f} MB", flush=True)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench_scale import synth_chunks
+import harness
 from results_md import write_block
 
 HERE = Path(__file__).resolve().parent
@@ -72,7 +73,7 @@ def main() -> None:
     write_block(f"bench_report:{a.method}",
                 f"## bench_report: report, review and exports on {a.n:,} images ({a.method})\n\n"
                 f"Command: `python bench/bench_report.py --n {a.n} --method {a.method}`  \n"
-                f"Run on: {time.strftime('%Y-%m-%d')}, this 2-core CPU\n\n" + "\n".join(lines))
+                f"{harness.stamp_line()}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

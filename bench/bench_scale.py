@@ -7,16 +7,14 @@ Also k-means initialisation on 10^6 latent vectors.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import harness
 from results_md import write_block
 
 HERE = Path(__file__).resolve().parent
@@ -37,14 +35,13 @@ def synth_chunks(n: int, chunk: int = 16384, seed: int = 0):
 
 def one(store: str) -> dict:
     from dvclust import DVC, load_dataset
-    from dvclust.run import predictions
 
     data = load_dataset(store)
     model = DVC(10, pretrain_epochs=1, cluster_epochs=1, patience=5, tol=0.0).fit(data)
     h = model.history_
     rss_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    pred = predictions(model, data)
+    pred = model.predict_details(data)
     t_pred = time.perf_counter() - t0
     return {"n": len(data),
             "pretrain_epoch_s": next(r["seconds"] for r in h if r["phase"] == "pretrain"),
@@ -52,8 +49,7 @@ def one(store: str) -> dict:
             "target_update_s": next(r["seconds"] for r in h if r["phase"] == "target"),
             "cluster_epoch_s": next(r["seconds"] for r in h if r["phase"] == "cluster"),
             "predict_s": t_pred, "predicted": int(len(pred["cluster"])),
-            "peak_rss_fit_mb": rss_fit,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_fit_mb": rss_fit, "stamp": harness.stamp(model.config_.to_dict())}
 
 
 def kmeans_1m() -> dict:
@@ -74,10 +70,10 @@ def main() -> None:
     ap.add_argument("--kmeans", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(one(a.one)), flush=True)
+        harness.emit(one(a.one))
         return
     if a.kmeans:
-        print("RESULT " + json.dumps(kmeans_1m()), flush=True)
+        harness.emit(kmeans_1m())
         return
     from dvclust.data.store import write_array_store
 
@@ -87,16 +83,12 @@ def main() -> None:
             t0 = time.perf_counter()
             store = write_array_store(Path(tmp) / f"s{n}", synth_chunks(n))
             write_s = time.perf_counter() - t0
-            p = subprocess.run([sys.executable, __file__, "--one", str(store)], capture_output=True, text=True)
-            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(p.stderr[-3000:])
-            row = {**json.loads(line[7:]), "store_write_s": write_s}
+            row = {**harness.run_case(__file__, ["--one", store]), "store_write_s": write_s}
+            harness.append_row(harness.RESULTS / "scale.jsonl", row)
             print(row, flush=True)
             rows.append(row)
             (Path(tmp) / f"s{n}" / "images.u8").unlink()
-    p = subprocess.run([sys.executable, __file__, "--kmeans"], capture_output=True, text=True)
-    km = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    km = harness.run_case(__file__, ["--kmeans"])
     print(km)
     lines = ["| images | store write s | pretrain epoch s | k-means s | target update s | "
              "clustering epoch s | predict s | peak RSS fit MB | peak RSS fit+predict MB |",
@@ -109,7 +101,7 @@ def main() -> None:
                  f"vectors (10-d): {km['kmeans_1e6_s']:.1f} s")
     write_block("bench_scale", "## bench_scale: stores of synthetic 28x28 images, one epoch per phase\n\n"
                 f"Command: `python bench/bench_scale.py --sizes {' '.join(map(str, a.sizes))}`  \n"
-                f"Run on: {time.strftime('%Y-%m-%d')}, this 2-core CPU\n\n" + "\n".join(lines))
+                f"{harness.stamp_line()}\n\n" + "\n".join(lines))
 
 if __name__ == "__main__":
     main()

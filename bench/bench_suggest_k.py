@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from bench_dvc import dataset_spec
+import harness
+from harness import RESULTS, dataset_spec
 from results_md import write_block
 
 
@@ -19,7 +18,7 @@ def one(dataset: str, seed: int) -> dict:
     from dvclust import Config, load_dataset
     from dvclust.choose_k import sweep_k
     from dvclust.data import ReadOptions
-    from dvclust.run import pretrain_only
+    from dvclust.estimators import pretrain_only
 
     src, k, split, opts = dataset_spec(dataset)
     data = load_dataset(src, split=split, **({"options": ReadOptions(**opts)} if opts else {}))
@@ -28,7 +27,7 @@ def one(dataset: str, seed: int) -> dict:
     res = sweep_k(model.transform(data), 2, 15, seed=seed)
     return {"dataset": dataset, "seed": seed, "true_k": k, "suggested_k": res["k"],
             "clarity": res["clarity"], "ch_k": res["ch_k"], "db_k": res["db_k"],
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "stamp": harness.stamp(model.config_.to_dict())}
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     ap.add_argument("--from-jsonl", help="write the table from results gathered elsewhere")
     a = ap.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(one(a.one[0], int(a.one[1]))), flush=True)
+        harness.emit(one(a.one[0], int(a.one[1])))
         return
     if a.from_jsonl:
         rows = [json.loads(ln.split("RESULT ", 1)[1]) for ln in open(a.from_jsonl) if "RESULT " in ln]
@@ -47,12 +46,8 @@ def main() -> None:
         rows = []
         for ds in a.datasets:
             for seed in a.seeds:
-                p = subprocess.run([sys.executable, __file__, "--one", ds, str(seed)],
-                                   capture_output=True, text=True)
-                line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(p.stderr[-3000:])
-                rows.append(json.loads(line[7:]))
+                rows.append(harness.run_case(__file__, ["--one", ds, seed]))
+                harness.append_row(RESULTS / "suggest_k.jsonl", rows[-1])
                 print(rows[-1], flush=True)
     table = ["| dataset | seed | true K | suggested K (silhouette) | clarity | Calinski-Harabasz K | "
              "Davies-Bouldin K |", "|---|---|---|---|---|---|---|"]
@@ -60,8 +55,8 @@ def main() -> None:
               f"{r['ch_k']} | {r['db_k']} |" for r in rows]
     hits = sum(r["suggested_k"] == r["true_k"] for r in rows)
     write_block("bench_suggest_k", "## bench_suggest_k: does suggest-k find the true K?\n\n"
-                f"Command: `python bench/bench_suggest_k.py {' '.join(sys.argv[1:])}`  \n"
-                f"Run on: {time.strftime('%Y-%m-%d')}\n\n" + "\n".join(table) +
+                f"Command: `{harness.command(__file__)}`  \n"
+                f"{harness.stamp_line()}; rows in bench/results/suggest_k.jsonl\n\n" + "\n".join(table) +
                 f"\n\nTrue K found in {hits} of {len(rows)} runs.")
 
 

@@ -15,7 +15,8 @@ import statistics
 import numpy as np
 import torch
 
-from bench_dvc import DATASETS
+import harness
+from harness import DATASETS
 
 
 def synthetic(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -48,17 +49,18 @@ def main() -> None:
     pre = [r["images_per_s"] for r in h if r["phase"] == "pretrain"][1:]
     clu = [r["images_per_s"] for r in h if r["phase"] == "cluster"][1:]
     tgt = [r["seconds"] for r in h if r["phase"] == "target"]
-    dev = model.config_.device if model.config_.device != "auto" else (
-        torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-    print(json.dumps({"data": a.data, "shape": list(images.shape), "batch_size": a.batch_size,
-                      "device": dev, "threads": torch.get_num_threads(), "precision": a.precision,
+    row = {"data": a.data, "shape": list(images.shape), "batch_size": a.batch_size,
+                      "precision": a.precision,
                       "pretrain_img_s": statistics.median(pre) if pre else None,
                       "cluster_img_s": statistics.median(clu) if clu else None,
                       "target_update_s": statistics.median(tgt) if tgt else None,
                       "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
-                      if torch.cuda.is_available() else None}))
+                      if torch.cuda.is_available() else None,
+                      "stamp": harness.stamp(model.config_.to_dict())}
+    harness.append_row(harness.RESULTS / "throughput.jsonl", row)
+    print(json.dumps(row))
 
 
 if __name__ == "__main__":
