@@ -93,14 +93,25 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "nowhere.npz" in lines[0]
 
 
-def test_a_runs_config_yaml_reproduces_the_run(tmp_path):
+def test_a_runs_config_yaml_reproduces_the_run(tmp_path, blobs):
     """`fit --config RUN/config.yaml` takes the run's settings (K and seed included) and sets
     aside what the run recorded beside them (data, versions): the same labels again."""
-    dvclust("fit", "digits", "-k", 4, "--seed", 5, "--out", tmp_path / "a", "-q", *FAST_SETS)
-    dvclust("fit", "digits", "--config", tmp_path / "a" / "config.yaml", "--out", tmp_path / "b", "-q")
+    from typer.testing import CliRunner
+
+    from dvclust.cli import app
+
+    np.save(tmp_path / "b.npy", blobs[0])
+    fit = ["fit", str(tmp_path / "b.npy"), "-q"]
+    r = CliRunner().invoke(app, [*fit, "-k", "4", "--seed", "5", "--out", str(tmp_path / "a"),
+                                 *FAST_SETS, "--set", "batch_size=32"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*fit, "--config", str(tmp_path / "a" / "config.yaml"),
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
     a, b = read_csv(tmp_path / "a" / "labels.csv"), read_csv(tmp_path / "b" / "labels.csv")
     assert [r["cluster"] for r in a] == [r["cluster"] for r in b]
-    assert len({r["cluster"] for r in b}) == 4
+    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert (cfg["n_clusters"], cfg["seed"], cfg["pretrain_epochs"]) == (4, 5, 3)
 
 
 def test_existing_run_needs_resume(tmp_path):
