@@ -143,6 +143,10 @@ def predict(
     # "far": further from every centre than 99% of the run's own images were
     limit = np.quantile(read_labels(run_dir)["distance"].astype(float), 0.99)
     pred["far"] = pred["distance"] > limit
+    if (run_dir / "names.json").exists() or (run_dir / "corrections.csv").exists():
+        from .labelling import label_new
+
+        pred["self_label"], pred["how"] = label_new(run_dir, pred["cluster"], pred["latent"])
     write_labels(out, dataset, pred)
     typer.echo(f"labelled {len(dataset)} images -> {out}; {int(pred['far'].sum())} lie further from "
                f"every cluster than 99% of the training images (column far_from_clusters)")
@@ -182,12 +186,69 @@ def review(
 @clean_errors
 def name(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
-    pairs: List[str] = typer.Argument(..., help="CLUSTER_ID=NAME pairs, e.g. 0=normal 1=pneumonia"),
+    pairs: List[str] = typer.Argument(None, help="CLUSTER_ID=NAME pairs, e.g. 0=normal 3=normal "
+                                      "7='viral pneumonia' (several clusters may share a name)"),
+    from_csv: Optional[Path] = typer.Option(None, "--from", help="a CSV with columns cluster,name"),
+    mixed: List[int] = typer.Option([], "--mixed", help="mark a cluster mixed: its images are "
+                                    "labelled by propagation (repeat the option for several)"),
+    unmixed: List[int] = typer.Option([], "--unmixed", help="take a mixed mark back"),
+    unname: List[int] = typer.Option([], "--unname", help="remove a cluster's name"),
 ):
-    """Name clusters; exports use the names."""
-    names = curate.set_names(run_dir, pairs)
-    typer.echo(", ".join(f"{k}={v}" for k, v in sorted(names.items())) +
-               f" -> {run_dir / 'names.json'}")
+    """Name clusters (many-to-one), or mark them mixed; `labels` and the exports use the names."""
+    from .labelling import cluster_name, set_names
+
+    if not (pairs or from_csv or mixed or unmixed or unname):
+        raise DVClustError("name: give CLUSTER_ID=NAME pairs, --from names.csv, --mixed or --unname")
+    names = set_names(run_dir, pairs or [], from_csv, mixed, unmixed, unname)
+    typer.echo(", ".join(f"{k}={v}" for k, v in sorted(names.names.items())) or "no names")
+    if names.mixed:
+        typer.echo("mixed: " + ", ".join(cluster_name(names, c) + f" ({c})" for c in sorted(names.mixed)))
+    typer.echo(f"-> {run_dir / 'names.json'}")
+
+
+@app.command()
+@clean_errors
+def typical(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    per_cluster: int = typer.Option(5, "--per-cluster", "-m", help="images per cluster"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV (default RUN_DIR/typical.csv)"),
+    by: str = typer.Option("density", "--by", help="density (TypiClust: densest in latent space) "
+                           "or confidence (highest q)"),
+):
+    """The images to look at to name each cluster: cluster,rank,index,source (largest cluster first)."""
+    from .labelling import write_typical
+
+    path = write_typical(run_dir, per_cluster, out, by)
+    typer.echo(f"typical images -> {path}")
+
+
+@app.command()
+@clean_errors
+def correct(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    corrections: Path = typer.Argument(..., help="CSV with columns index or source, and label "
+                                       "(an empty label withdraws an earlier correction)"),
+):
+    """Label single images by hand; kept in RUN_DIR/corrections.csv, ahead of any cluster name."""
+    from .labelling import correct_from_csv
+
+    n = correct_from_csv(run_dir, corrections)
+    typer.echo(f"{n} correction(s) added -> {run_dir / 'corrections.csv'}")
+
+
+@app.command()
+@clean_errors
+def labels(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="CSV (default RUN_DIR/self_labels.csv)"),
+):
+    """One label per image from names, corrections and propagation -> self_labels.csv."""
+    from .labelling import write_self_labels
+
+    path, counts = write_self_labels(run_dir, out)
+    typer.echo(f"labels -> {path}: {counts['cluster']} by a cluster name, {counts['corrected']} "
+               f"corrected, {counts['propagated']} propagated, {counts['none']} without a label")
 
 
 @app.command()

@@ -1,12 +1,11 @@
-"""From clusters to labels: the review queue, cluster names, and exports (CSV, Label Studio,
-an ImageFolder tree). Everything reads a finished run folder; nothing is written outside the
-chosen output folder."""
+"""The review queue and the exports (CSV, Label Studio, an ImageFolder tree) of a run's labels
+(labelling.self_labels: names, corrections, propagation). Everything reads a finished run
+folder; nothing is written outside the chosen output folder."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -14,18 +13,26 @@ import numpy as np
 from PIL import Image
 
 from .errors import DVClustError
-from .io import atomic_file, write_csv_atomic, write_json_atomic
-from .rundir import read_labels, read_run_config, run_source
-
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+from .io import atomic_file, write_csv_atomic
+from .labelling import cluster_name, load_names, safe_folder, self_labels
+from .rundir import read_labels, run_source
 
 
 # ---- review queue -----------------------------------------------------------------------------
 def review_queue(run_dir: Path, n: int = 200) -> list[dict]:
-    """The n least confident images and the n most outlying ones (one row each, reasons joined)."""
+    """The n least confident images and the n most outlying ones (one row each, reasons joined).
+    Once clusters are named (names.json), confidence is that of each image's label
+    (labelling.self_labels) and images a person corrected are left out: the least sure labels
+    are what is worth a look next."""
+    if n < 1:
+        raise DVClustError(f"--n {n}: expected 1 or more")
     lab = read_labels(run_dir)
     conf = lab["confidence"].astype(float)
     out = lab["outlier_score"].astype(float)
+    if (Path(run_dir) / "names.json").exists() or (Path(run_dir) / "corrections.csv").exists():
+        s = self_labels(run_dir)
+        conf = np.where(s["how"] == "corrected", np.inf, s["confidence"])
+        out = np.where(s["how"] == "corrected", -np.inf, out)
     reasons: dict[int, list[str]] = {}
     for i in np.argsort(conf, kind="stable")[:n]:
         reasons.setdefault(int(i), []).append("low confidence")
@@ -42,43 +49,6 @@ def write_review(run_dir: Path, n: int = 200) -> Path:
     keys = ["index", "source", "cluster", "confidence", "outlier_score", "reason"]
     write_csv_atomic(path, keys, ([r[k] for k in keys] for r in rows))
     return path
-
-
-# ---- names ------------------------------------------------------------------------------------
-def set_names(run_dir: Path, pairs: list[str]) -> dict[int, str]:
-    """Parse `ID=NAME` pairs, check them against the run's K, merge into RUN_DIR/names.json."""
-    cfg, _ = read_run_config(run_dir)
-    names = load_names(run_dir)
-    for pair in pairs:
-        cid, sep, name = pair.partition("=")
-        name = name.strip()
-        if not sep or not cid.strip().lstrip("-").isdigit():
-            raise DVClustError(f"{pair!r}: expected CLUSTER_ID=NAME, e.g. 0=normal")
-        cid = int(cid)
-        if not 0 <= cid < cfg.n_clusters:
-            raise DVClustError(f"{pair!r}: unknown cluster id {cid}; this run has clusters "
-                               f"0..{cfg.n_clusters - 1}")
-        if not SAFE_NAME.match(name) or name in (".", ".."):
-            raise DVClustError(f"{pair!r}: name {name!r} is not safe as a folder name (letters, "
-                               "digits, space, '_', '-', '.'; starting with a letter or digit)")
-        names[cid] = name
-    seen: dict[str, int] = {}
-    for cid, name in sorted(names.items()):
-        if name.lower() in seen:
-            raise DVClustError(f"name {name!r} given to clusters {seen[name.lower()]} and {cid}; "
-                               "names must be unique")
-        seen[name.lower()] = cid
-    write_json_atomic(run_dir / "names.json", {str(k): v for k, v in sorted(names.items())})
-    return names
-
-
-def load_names(run_dir: Path) -> dict[int, str]:
-    path = run_dir / "names.json"
-    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
-
-
-def cluster_name(names: dict[int, str], cid: int) -> str:
-    return names.get(cid, f"cluster_{cid}")
 
 
 # ---- exports ----------------------------------------------------------------------------------
@@ -122,7 +92,8 @@ def _relative(path: Path, root: str) -> str:
 
 def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
            document_root: str = "/") -> Path:
-    """Write the run's labels, with names, as `csv`, `labelstudio` tasks or a `folders` tree.
+    """Write the run's labels (labelling.self_labels) as `csv`, `labelstudio` tasks or a
+    `folders` tree. An image without a label yet goes under its cluster's name (cluster_<id>).
 
     Label Studio serves local files as /data/local-files/?d=PATH, PATH relative to its
     LOCAL_FILES_DOCUMENT_ROOT; pass that root as `document_root`.
@@ -131,15 +102,20 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         raise DVClustError(f"--format {fmt!r}: use csv, labelstudio or folders")
     lab = read_labels(run_dir)
     names = load_names(run_dir)
+    s = self_labels(run_dir)
     out = (out or run_dir / "export").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    clusters = lab["cluster"].astype(int)
+    clusters = s["cluster"]
+    shown = [lbl or cluster_name(names, c) for lbl, c in zip(s["label"], clusters)]
+    # how sure the exported label is: the label's confidence, or q for an unlabelled image
+    score = np.where(s["how"] == "none", lab["confidence"].astype(float), s["confidence"])
     if fmt == "csv":
         path = _inside(out, out / "labels_named.csv")
-        write_csv_atomic(path, ["index", "source", "cluster", "name", "confidence", "outlier_score"],
+        write_csv_atomic(path, ["index", "source", "cluster", "name", "label", "how", "confidence",
+                                "outlier_score"],
                          zip(lab["index"], lab["source"], clusters,
-                             [cluster_name(names, c) for c in clusters], lab["confidence"],
-                             lab["outlier_score"]))
+                             [cluster_name(names, c) for c in clusters], s["label"], s["how"],
+                             (f"{c:.6f}" for c in score), lab["outlier_score"]))
         return path
     files = _image_files(run_dir, lab, out)
     if fmt == "labelstudio":
@@ -147,21 +123,20 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
         with atomic_file(path, "w") as f:
             f.write("[")
-            for i, (p, src, c, conf) in enumerate(zip(files, lab["source"], clusters,
-                                                      lab["confidence"].astype(float))):
+            for i, (p, src, name, conf) in enumerate(zip(files, lab["source"], shown, score)):
                 task = {"id": i + 1,
                         "data": {"image": "/data/local-files/?d=" + _relative(p, document_root),
                                  "source": src},
                         "predictions": [{"model_version": "dvclust", "score": float(conf),
                                          "result": [{"from_name": "label", "to_name": "image",
                                                      "type": "choices",
-                                                     "value": {"choices": [cluster_name(names, c)]}}]}]}
+                                                     "value": {"choices": [name]}}]}]}
                 f.write(("," if i else "") + "\n" + json.dumps(task))
             f.write("\n]\n")
         return path
     tree = out / "folders"
-    for i, (p, c) in enumerate(zip(files, clusters)):
-        target = _inside(out, tree / cluster_name(names, c) / f"{i:08d}_{p.name}")
+    for i, (p, name) in enumerate(zip(files, shown)):
+        target = _inside(out, tree / safe_folder(name) / f"{i:08d}_{p.name}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() or target.is_symlink():
             target.unlink()

@@ -5,6 +5,8 @@
     RUN_DIR/history.csv     losses per epoch; ACC/NMI/ARI per target update when labels are known
     RUN_DIR/labels.csv      index, source, cluster, confidence (max q), outlier_score (-ELBO)[, label]
     RUN_DIR/metrics.json    acc, nmi, ari, per-class recall, cluster sizes (labels known only)
+    RUN_DIR/latents.npy     the latent mean of every image, N x latent_dim float32
+    RUN_DIR/names.json, corrections.csv, self_labels.csv   what labelling.py adds
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .config import RECORDED_KEYS, SHALLOW_METHODS, Config
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
 from .estimators import estimator_for, load_model
-from .io import write_csv_atomic, write_json_atomic, write_text_atomic
+from .io import atomic_file, write_csv_atomic, write_json_atomic, write_text_atomic
 from .runtime import versions
 from .training.distributed import process_group, torchrun_world_size
 
@@ -90,10 +92,19 @@ def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> No
     if "far" in pred:
         header.append("far_from_clusters")
         cols.append(pred["far"].astype(int))
+    if "self_label" in pred:  # predict, on a run with names: the label the run gives each image
+        header += ["self_label", "how"]
+        cols += [pred["self_label"], pred["how"]]
     if data.labels is not None:
         header.append("label")
         cols.append(data.labels)
     write_csv_atomic(path, header, zip(*cols))
+
+
+def write_latents(run_dir: Path, z: np.ndarray) -> None:
+    """latents.npy: the latent mean of every image (what typical images and propagation use)."""
+    with atomic_file(run_dir / "latents.npy") as f:
+        np.save(f, np.ascontiguousarray(z, dtype=np.float32))
 
 
 def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray) -> dict:
@@ -134,6 +145,7 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
         if dist.is_main:
             pred = model.predict_details(data)
             write_labels(run_dir / "labels.csv", data, pred)
+            write_latents(run_dir, pred["latent"])
             if data.skipped:
                 write_csv_atomic(run_dir / "skipped.csv", ["source", "reason"], data.skipped)
             if data.labels is not None:

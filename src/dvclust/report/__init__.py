@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import METHOD_NAMES
-from ..curate import cluster_name, load_names, review_queue
+from ..curate import review_queue
+from ..labelling import cluster_name, load_names
 from ..io import write_text_atomic
 from ..rundir import load_run, read_labels, read_run_config, run_source
 from . import svg

@@ -1,0 +1,251 @@
+"""Labels per human look: a simulated annotator labels a whole dataset through dvclust's own
+labelling code (typical images, names, corrections, propagation), against the honest baselines.
+
+A look is one image shown to the person. Naming a cluster from its M typical images costs M looks
+and gives it the majority true label of those M; correcting an image costs one look. For a budget
+of B looks per class (L = B x C looks in all), on every image of the dataset:
+
+- `dvclust` (cluster-then-label; the rule was fixed before the full run, after one pilot on
+  digits seed 0 showed that more typical images per cluster bought nothing there): one DVC fit
+  with K = 5 x C clusters. If L <= K, the L largest clusters are named from their single most
+  typical image and the rest is propagated. Otherwise every cluster is named from its M most
+  typical images (M = 1; the variant `M3` uses M = min(3, L // K)), and the looks left over
+  correct the least sure labels, in order. `density` (TypiClust's typicality, the default of
+  `dvclust typical`) and `confidence` (highest q) choose the typical images.
+- `random@L` / `random@2L`: L (or 2L) random images labelled, propagated in the same latent space.
+- `pca-random@L` / `pca-random@2L`: the same on the first 50 principal components of the pixels.
+- `typiclust@L`: k-means with L clusters on the same latent, the densest image of each labelled,
+  propagated.
+
+Propagation is labelling.propagate everywhere (distance-weighted k-NN). Each (dataset, seed) runs
+in its own process; rows go to bench/results/labelling.jsonl and the block bench_labelling of
+bench/RESULTS.md, with a plot bench/results/labelling.svg.
+
+    python bench/bench_labelling.py --datasets digits mnist-test retina pneumonia-official --seeds 0 1 2 --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+import harness
+from harness import RESULTS
+from results_md import write_block
+
+BUDGETS = (2, 5, 10, 20, 50)
+OVERCLUSTER = 5          # K = 5 x C
+RUNS = RESULTS / "runs" / "labelling"   # run folders (not committed)
+
+
+def scores(y: np.ndarray, pred) -> dict:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    pred = np.asarray([str(p) for p in pred])
+    y = np.asarray([str(v) for v in y])
+    return {"accuracy": accuracy_score(y, pred), "balanced_accuracy": balanced_accuracy_score(y, pred),
+            "macro_f1": f1_score(y, pred, average="macro", labels=np.unique(y))}
+
+
+def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
+                       max_m: int = 1) -> tuple[np.ndarray, int]:
+    """The simulated annotator through dvclust's own files; returns the labels and looks spent."""
+    from dvclust.labelling import add_corrections, self_labels, set_names, typical
+
+    for f in ("names.json", "corrections.csv"):
+        (run / f).unlink(missing_ok=True)
+    m = 1 if looks <= k else min(max_m, looks // k)
+    rows = typical(run, m, by)        # largest cluster first
+    chosen: dict[int, list[int]] = {}
+    for r in rows:
+        chosen.setdefault(r["cluster"], []).append(r["index"])
+    clusters = list(chosen)[:looks] if looks <= k else list(chosen)
+    pairs = [f"{c}={Counter(str(y[i]) for i in chosen[c]).most_common(1)[0][0]}" for c in clusters]
+    spent = sum(len(chosen[c]) for c in clusters)
+    set_names(run, pairs)
+    left = looks - spent
+    if left > 0:
+        s = self_labels(run)
+        order = np.argsort(s["confidence"], kind="stable")
+        fix = [int(i) for i in order if s["how"][i] != "corrected"][:left]
+        add_corrections(run, [{"index": i, "label": str(y[i])} for i in fix])
+        spent += len(fix)
+    return self_labels(run)["label"], spent
+
+
+def one(dataset: str, seed: int) -> dict:
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from dvclust import Config
+    from dvclust.labelling import propagate, typicality
+    from dvclust.rundir import DataSource, fit_run
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    data, c = harness.load(dataset)
+    y = data.labels
+    k = OVERCLUSTER * c
+    run = RUNS / f"{dataset}__{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    cfg = Config(n_clusters=k, seed=seed)
+    t0 = time.perf_counter()
+    src, _, split, opts = harness.dataset_spec(dataset)
+    fit_run(data, cfg, run, DataSource(str(src), split), verbose=False)
+    fit_s = time.perf_counter() - t0
+    z = np.load(run / "latents.npy")
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(data.images[:], dtype=np.float32).reshape(len(data), -1)
+    pca = PCA(min(50, *flat.shape), random_state=seed).fit_transform(flat / (255 if data.images.dtype == np.uint8 else 1))
+    rows = []
+
+    def add(strategy, budget, looks, pred, spent):
+        rows.append({"dataset": dataset, "seed": seed, "n": len(data), "classes": c, "k": k,
+                     "budget_per_class": budget, "looks": looks, "looks_spent": spent,
+                     "strategy": strategy, **scores(y, pred)})
+
+    def random_prop(space, n_looks):
+        known = np.sort(rng.choice(len(y), min(n_looks, len(y)), replace=False))
+        pred = np.asarray([str(v) for v in y], dtype=object)
+        rest = np.setdiff1d(np.arange(len(y)), known)
+        pred[rest], _ = propagate(space, known, pred[known], rest, seed)
+        return pred
+
+    for b in BUDGETS:
+        looks = b * c
+        for name, by, max_m in (("dvclust[density]", "density", 1),
+                                ("dvclust[confidence]", "confidence", 1),
+                                ("dvclust[density,M3]", "density", 3)):
+            pred, spent = cluster_then_label(run, y, looks, k, by, max_m)
+            add(name, b, looks, pred, spent)
+        for mult in (1, 2):
+            add(f"random@{mult}L", b, looks, random_prop(z, mult * looks), mult * looks)
+            add(f"pca-random@{mult}L", b, looks, random_prop(pca, mult * looks), mult * looks)
+        km = KMeans(min(looks, len(y)), n_init=1, random_state=seed).fit(z)
+        known = []
+        for j in range(km.n_clusters):
+            members = np.flatnonzero(km.labels_ == j)
+            if len(members):
+                known.append(members[np.argmax(typicality(z[members].astype(np.float64)))])
+        known = np.sort(np.asarray(known))
+        pred = np.asarray([str(v) for v in y], dtype=object)
+        rest = np.setdiff1d(np.arange(len(y)), known)
+        pred[rest], _ = propagate(z, known, pred[known], rest, seed)
+        add("typiclust@L", b, looks, pred, len(known))
+    st = harness.stamp(cfg.to_dict())
+    return {"rows": [{**r, "fit_s": fit_s, "stamp": st} for r in rows]}
+
+
+def table(rows: list[dict]) -> str:
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == ds]
+        seeds = sorted({r["seed"] for r in rs})
+        out += [f"\n**{ds}** ({rs[0]['n']:,} images, {rs[0]['classes']} classes, K = {rs[0]['k']}; "
+                f"seeds {', '.join(map(str, seeds))}): macro-F1 of all images, mean over seeds "
+                "(accuracy / balanced accuracy in brackets for dvclust[density])\n",
+                "| looks per class (in all) | " + " | ".join(strategies) + " |",
+                "|---" * (len(strategies) + 1) + "|"]
+        for b in BUDGETS:
+            cells = []
+            for s in strategies:
+                g = [r for r in rs if r["strategy"] == s and r["budget_per_class"] == b]
+                f1 = statistics.mean(r["macro_f1"] for r in g) if g else float("nan")
+                cell = f"{f1:.3f}"
+                if s == "dvclust[density]" and g:
+                    cell += (f" ({statistics.mean(r['accuracy'] for r in g):.3f} / "
+                             f"{statistics.mean(r['balanced_accuracy'] for r in g):.3f})")
+                cells.append(cell)
+            looks = next((r["looks"] for r in rs if r["budget_per_class"] == b), b)
+            out.append(f"| {b} ({looks}) | " + " | ".join(cells) + " |")
+        # the target: dvclust at L against random propagation at 2L
+        wins = []
+        for b in BUDGETS:
+            d = [r["macro_f1"] for r in rs if r["strategy"] == "dvclust[density]" and r["budget_per_class"] == b]
+            r2 = [r["macro_f1"] for r in rs if r["strategy"] == "random@2L" and r["budget_per_class"] == b]
+            if d and r2:
+                wins.append(f"{b}: {statistics.mean(d) - statistics.mean(r2):+.3f}")
+        out.append(f"\ndvclust[density] at L minus random@2L (macro-F1): {', '.join(wins)}")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict]) -> None:
+    from dvclust.io import write_text_atomic
+    from dvclust.report.svg import lines
+
+    parts = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        series = {}
+        for s in ("dvclust[density]", "random@1L", "typiclust@L", "pca-random@1L"):
+            pts = [(b, statistics.mean(r["macro_f1"] for r in rows if r["dataset"] == ds and
+                                       r["strategy"] == s and r["budget_per_class"] == b))
+                   for b in BUDGETS if any(r["dataset"] == ds and r["strategy"] == s and
+                                           r["budget_per_class"] == b for r in rows)]
+            if pts:
+                series[s] = ([p[0] for p in pts], [p[1] for p in pts])
+        parts.append(lines(series, f"{ds}: macro-F1 against looks per class", w=420, h=260))
+    write_text_atomic(RESULTS / "labelling.svg",
+                      "<svg xmlns='http://www.w3.org/2000/svg' width='1700' height='280'>" +
+                      "".join(f"<g transform='translate({430 * i},0)'>{p}</g>" for i, p in enumerate(parts))
+                      + "</svg>")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["digits", "mnist-test", "retina", "pneumonia-official"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("--one", nargs=2, metavar=("DATASET", "SEED"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        harness.emit(one(a.one[0], int(a.one[1])))
+        return
+    log = RESULTS / "labelling.jsonl"
+    rows = harness.read_rows(log)
+    command = harness.command(__file__)
+    done = {(r["dataset"], r["seed"]) for r in rows}
+    todo = [(d, s) for d in a.datasets for s in a.seeds if (d, s) not in done]
+
+    def run(job):
+        try:
+            return harness.run_case(__file__, ["--one", *job], env={"BENCH_THREADS": str(a.threads)})
+        except harness.CaseFailed as e:
+            print(f"{job} FAILED: {e}", flush=True)
+            return None
+
+    if not a.tables_only:
+        with ThreadPoolExecutor(a.jobs) as pool:
+            for res in (f.result() for f in as_completed([pool.submit(run, j) for j in todo])):
+                if res is None:
+                    continue
+                for r in res["rows"]:
+                    r["command"] = command
+                    harness.append_row(log, r)
+                rows += res["rows"]
+                r0 = res["rows"][0]
+                print(f"{r0['dataset']} seed {r0['seed']} done ({r0['fit_s']:.0f}s fit)", flush=True)
+    if rows:
+        plot(rows)
+        write_block("bench_labelling", "## bench_labelling: labels per human look\n\n"
+                    f"Command: `{command}`  \n{harness.stamp_line(a.threads)}; rows in "
+                    "bench/results/labelling.jsonl, plot bench/results/labelling.svg\n\n"
+                    "Rule (fixed before the run; bench/bench_labelling.py's docstring): K = 5 x "
+                    "classes; each cluster named from its M = 1 most typical image (only the L "
+                    "largest clusters when L <= K; `M3`: M = min(3, L // K)); the looks left "
+                    "over correct the least sure labels."
+                    "\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()

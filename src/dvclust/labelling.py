@@ -1,0 +1,379 @@
+"""From clusters to labels at the lowest human cost: the images a person should look at to name a
+cluster (`typical`), names (several clusters may share one; a cluster may be marked mixed),
+per-image corrections, and propagation into one label per image (`self_labels`).
+
+Everything lives in the run folder, beside what `fit` wrote:
+
+    names.json        {"names": {"0": "normal", "3": "normal"}, "mixed": [4]}
+    corrections.csv   index, source, label          (appended; a later row for an image wins)
+    self_labels.csv   index, source, cluster, label, confidence, how
+
+`how` says where each label came from: `corrected` (a person labelled this image), `cluster` (its
+cluster's name), `propagated` (an image of an unnamed or mixed cluster, labelled by its nearest
+labelled neighbours in latent space) or `none` (nothing named yet). `confidence` is how sure that
+label is: 1 for a correction; for a cluster name, the soft assignment q summed over every cluster
+that carries the name; for a propagated label, the distance-weighted vote of its neighbours.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DVClustError
+from .io import atomic_file, write_csv_atomic, write_json_atomic
+
+HOW = ("corrected", "cluster", "propagated", "none")
+SELF_LABELS_COLUMNS = ["index", "source", "cluster", "label", "confidence", "how"]
+PROPAGATION_NEIGHBOURS = 10       # docs/DECISIONS.md, "propagation"
+PROPAGATION_REFERENCE = 20_000    # labelled images kept as neighbours, at most (a seeded sample)
+TYPICAL_NEIGHBOURS = 20           # TypiClust's k
+TYPICAL_SAMPLE = 2_000            # members per cluster that typicality is computed among, at most
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+# ---- names ------------------------------------------------------------------------------------
+def check_name(name: str, what: str = "name") -> str:
+    """A label as a person typed it, stripped; refused only where it cannot be a path component
+    (exports make their own safe folder names from it)."""
+    name = str(name).strip()
+    if not name or name in (".", "..") or _UNSAFE.search(name) or len(name) > 120:
+        raise DVClustError(f"{what} {name!r} is not safe as a folder name (it must be 1-120 "
+                           "characters, without '/', '\\', control characters, and not '.' or '..')")
+    return name
+
+
+def safe_folder(name: str) -> str:
+    """A folder name for a label on any file system: letters, digits, space, '_', '-', '.', '(',
+    ')' kept, everything else '_', no leading dot."""
+    return re.sub(r"[^\w .()\-]", "_", name).lstrip(".") or "_"
+
+
+@dataclass
+class Names:
+    names: dict[int, str] = field(default_factory=dict)
+    mixed: set[int] = field(default_factory=set)
+
+    def of(self, cluster: int) -> str | None:
+        """The label a cluster gives its images: its name, unless it is marked mixed."""
+        return None if cluster in self.mixed else self.names.get(cluster)
+
+
+def load_names(run_dir: Path) -> Names:
+    path = Path(run_dir) / "names.json"
+    if not path.exists():
+        return Names()
+    try:
+        doc = json.loads(path.read_text())
+        if "names" not in doc:  # the format before many-to-one names: {"0": "normal", ...}
+            doc = {"names": doc, "mixed": []}
+        return Names({int(k): check_name(v) for k, v in doc["names"].items()},
+                     {int(c) for c in doc.get("mixed", [])})
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise DVClustError(f"{path}: not a names file ({e})") from None
+
+
+def save_names(run_dir: Path, names: Names) -> None:
+    write_json_atomic(Path(run_dir) / "names.json",
+                      {"names": {str(k): v for k, v in sorted(names.names.items())},
+                       "mixed": sorted(names.mixed)})
+
+
+def cluster_name(names: Names | dict, cid: int) -> str:
+    """How a cluster is shown: its name, or cluster_<id>."""
+    table = names.names if isinstance(names, Names) else names
+    return table.get(cid, f"cluster_{cid}")
+
+
+def _n_clusters(run_dir: Path) -> int:
+    from .rundir import read_run_config
+
+    return read_run_config(run_dir)[0].n_clusters
+
+
+def _cluster_id(text: str, k: int, where: str) -> int:
+    t = str(text).strip()
+    if not t.lstrip("-").isdigit():
+        raise DVClustError(f"{where}: expected a cluster id, got {text!r}")
+    cid = int(t)
+    if not 0 <= cid < k:
+        raise DVClustError(f"{where}: unknown cluster id {cid}; this run has clusters 0..{k - 1}")
+    return cid
+
+
+def set_names(run_dir: Path, pairs: list[str] = (), from_csv: Path | None = None,
+              mixed: list[int] = (), unmixed: list[int] = (), unname: list[int] = ()) -> Names:
+    """Merge `ID=NAME` pairs, a CSV of `cluster,name` rows, and mixed marks into names.json.
+    Several clusters may share a name; a mixed cluster's images are labelled by propagation."""
+    k = _n_clusters(run_dir)
+    names = load_names(run_dir)
+    given: list[tuple[int, str]] = []
+    for pair in pairs:
+        cid, sep, name = pair.partition("=")
+        if not sep:
+            raise DVClustError(f"{pair!r}: expected CLUSTER_ID=NAME, e.g. 0=normal")
+        given.append((_cluster_id(cid, k, repr(pair)), check_name(name, f"{pair!r}: name")))
+    if from_csv is not None:
+        for i, row in enumerate(_read_csv(Path(from_csv), ("cluster", "name")), start=2):
+            where = f"{from_csv}, line {i}"
+            given.append((_cluster_id(row["cluster"], k, where), check_name(row["name"], f"{where}: name")))
+    for cid, name in given:
+        names.names[cid] = name
+    for c in unname:
+        names.names.pop(_cluster_id(c, k, "--unname"), None)
+    names.mixed |= {_cluster_id(c, k, "--mixed") for c in mixed}
+    names.mixed -= {_cluster_id(c, k, "--unmixed") for c in unmixed}
+    save_names(run_dir, names)
+    return names
+
+
+def _read_csv(path: Path, need: tuple[str, ...], any_of: tuple[str, ...] = ()) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = set(rows[0]) if rows else set()
+    except FileNotFoundError:
+        raise DVClustError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DVClustError(f"{path}: not a readable CSV file ({e})") from None
+    missing = [c for c in need if c not in header]
+    if rows and (missing or (any_of and not header & set(any_of))):
+        want = ", ".join(need) + (f" and one of {' / '.join(any_of)}" if any_of else "")
+        raise DVClustError(f"{path}: expected columns {want}; found {', '.join(sorted(header))}")
+    return rows
+
+
+# ---- corrections ------------------------------------------------------------------------------
+def read_corrections(run_dir: Path) -> dict[int, str]:
+    """index -> label, the later of two rows for one image winning; an empty label removes it."""
+    path = Path(run_dir) / "corrections.csv"
+    out: dict[int, str] = {}
+    if path.exists():
+        for row in _read_csv(path, ("index", "label")):
+            if row["label"].strip():
+                out[int(row["index"])] = row["label"].strip()
+            else:
+                out.pop(int(row["index"]), None)
+    return out
+
+
+def add_corrections(run_dir: Path, rows: list[dict], where: str = "corrections") -> int:
+    """Append per-image labels ({index or source, label}) to corrections.csv, atomically (the
+    old rows and the new ones are written to a temporary file that replaces the old one).
+    A label of "" withdraws an earlier correction. Returns how many rows were added."""
+    from .rundir import read_labels
+
+    lab = read_labels(run_dir)
+    sources = {s: i for i, s in enumerate(lab["source"])}
+    n = len(lab["index"])
+    new = []
+    for i, row in enumerate(rows, start=2):
+        at = f"{where}, line {i}"
+        if str(row.get("index", "")).strip() != "":
+            t = str(row["index"]).strip()
+            if not t.isdigit() or int(t) >= n:
+                raise DVClustError(f"{at}: index {t!r} is not an image of this run (0..{n - 1})")
+            idx = int(t)
+        elif row.get("source") is not None:
+            if row["source"] not in sources:
+                raise DVClustError(f"{at}: source {row['source']!r} is not an image of this run")
+            idx = sources[row["source"]]
+        else:
+            raise DVClustError(f"{at}: needs an index or a source")
+        label = str(row.get("label") or "").strip()
+        if label:
+            check_name(label, f"{at}: label")
+        new.append((idx, lab["source"][idx], label))
+    path = Path(run_dir) / "corrections.csv"
+    old = path.read_text(encoding="utf-8") if path.exists() else "index,source,label\n"
+    with atomic_file(path, "w") as f:
+        f.write(old)
+        csv.writer(f, lineterminator="\n").writerows(new)
+    return len(new)
+
+
+def correct_from_csv(run_dir: Path, path: Path) -> int:
+    return add_corrections(run_dir, _read_csv(Path(path), ("label",), ("index", "source")),
+                           str(path))
+
+
+# ---- what a person should look at -------------------------------------------------------------
+def latents(run_dir: Path) -> np.ndarray:
+    """The run's latent means (N x d), saved by fit; computed (and saved) for older runs."""
+    path = Path(run_dir) / "latents.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    from .rundir import load_run, run_source, write_latents
+
+    z = load_run(run_dir).transform(run_source(run_dir).load(verbose=False))
+    write_latents(run_dir, z)
+    return z
+
+
+def typicality(z: np.ndarray, k: int = TYPICAL_NEIGHBOURS) -> np.ndarray:
+    """TypiClust's typicality: 1 / mean distance to the k nearest other points of the set."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(z) - 1)
+    if k < 1:
+        return np.ones(len(z))
+    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
+    return 1.0 / (d[:, 1:].mean(1) + 1e-12)
+
+
+def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
+            seed: int = 0) -> list[dict]:
+    """For each cluster (largest first), the `per_cluster` images to show a person so that they
+    can name it: the densest in latent space (`density`, as TypiClust; among a sample of at most
+    TYPICAL_SAMPLE of the cluster's most confident members) or the most confident (`confidence`,
+    highest q). Rows: cluster, rank, index, source."""
+    from .rundir import read_labels
+
+    if how not in ("density", "confidence"):
+        raise DVClustError(f"--by {how!r}: use density or confidence")
+    if per_cluster < 1:
+        raise DVClustError(f"--per-cluster {per_cluster}: expected 1 or more")
+    lab = read_labels(run_dir)
+    clusters = lab["cluster"].astype(int)
+    conf = lab["confidence"].astype(float)
+    z = latents(run_dir) if how == "density" else None
+    sizes = np.bincount(clusters)
+    rows = []
+    for c in np.argsort(-sizes, kind="stable"):
+        members = np.flatnonzero(clusters == c)
+        if not len(members):
+            continue
+        members = members[np.argsort(-conf[members], kind="stable")]
+        if how == "density":
+            pool = np.sort(members[:TYPICAL_SAMPLE])
+            score = typicality(np.asarray(z[pool], dtype=np.float64))
+            chosen = pool[np.argsort(-score, kind="stable")[:per_cluster]]
+        else:
+            chosen = members[:per_cluster]
+        rows += [{"cluster": int(c), "rank": r, "index": int(i), "source": lab["source"][i]}
+                 for r, i in enumerate(chosen)]
+    return rows
+
+
+def write_typical(run_dir: Path, per_cluster: int = 5, out: Path | None = None,
+                  how: str = "density") -> Path:
+    rows = typical(run_dir, per_cluster, how)
+    out = Path(out) if out else Path(run_dir) / "typical.csv"
+    keys = ["cluster", "rank", "index", "source"]
+    write_csv_atomic(out, keys, ([r[k] for k in keys] for r in rows))
+    return out
+
+
+# ---- one label per image ----------------------------------------------------------------------
+def propagate(z: np.ndarray, known: np.ndarray, labels: np.ndarray, query: np.ndarray,
+              seed: int = 0, k: int = PROPAGATION_NEIGHBOURS,
+              reference: int = PROPAGATION_REFERENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and their vote shares for the rows `query` of z, from the labelled rows `known`
+    (with `labels`), by a distance-weighted k-nearest-neighbour vote (scikit-learn) among at most
+    `reference` labelled rows (a seeded sample)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    known, labels = np.asarray(known), np.asarray(labels)
+    if len(known) > reference:
+        keep = np.sort(np.random.default_rng(seed).choice(len(known), reference, replace=False))
+        known, labels = known[keep], labels[keep]
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(known)), weights="distance")
+    knn.fit(np.asarray(z[known], dtype=np.float32), labels)
+    out_label = np.empty(len(query), dtype=object)
+    out_conf = np.empty(len(query))
+    for s in range(0, len(query), 65536):  # bounded memory on 10^6 queries
+        proba = knn.predict_proba(np.asarray(z[query[s:s + 65536]], dtype=np.float32))
+        out_label[s:s + 65536] = knn.classes_[proba.argmax(1)]
+        out_conf[s:s + 65536] = proba.max(1)
+    return out_label, out_conf
+
+
+def _soft_assignments(run_dir: Path, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """q of the given rows, from the latents and the run's centres."""
+    import torch
+
+    from .cluster import soft_assign
+    from .training import checkpoint
+
+    saved = checkpoint.load(Path(run_dir) / "checkpoint.pt")
+    centers = saved["model"].get("head.centers", saved["model"].get("centers"))
+    alpha = float(saved["config"].get("alpha", 1.0))
+    out = np.empty((len(rows), centers.shape[0]), np.float32)
+    for s in range(0, len(rows), 65536):
+        x = torch.from_numpy(np.asarray(z[rows[s:s + 65536]], dtype=np.float32))
+        out[s:s + 65536] = soft_assign(x, centers.float(), alpha).numpy()
+    return out
+
+
+def self_labels(run_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """One label per image from the names, the corrections and propagation (see the module
+    docstring for `how` and `confidence`)."""
+    from .rundir import read_labels
+
+    run_dir = Path(run_dir)
+    lab = read_labels(run_dir)
+    clusters = lab["cluster"].astype(int)
+    n = len(clusters)
+    names = load_names(run_dir)
+    corrections = read_corrections(run_dir)
+    label = np.full(n, "", dtype=object)
+    how = np.full(n, "none", dtype=object)
+    conf = np.zeros(n)
+    by_cluster = np.array([names.of(c) or "" for c in range(_n_clusters(run_dir))], dtype=object)
+    named = by_cluster[clusters] != ""
+    if named.any():
+        rows = np.flatnonzero(named)
+        label[rows], how[rows] = by_cluster[clusters[rows]], "cluster"
+        z = latents(run_dir)
+        q = _soft_assignments(run_dir, z, rows)
+        # q summed over the clusters that share the image's label: how sure it is of the label
+        same = by_cluster[None, :] == label[rows][:, None]
+        conf[rows] = (q * same).sum(1)
+    if corrections:
+        idx = np.fromiter(corrections, dtype=np.int64)
+        label[idx] = [corrections[i] for i in idx]
+        how[idx], conf[idx] = "corrected", 1.0
+    known = np.flatnonzero(how != "none")
+    rest = np.flatnonzero(how == "none")
+    if len(known) and len(rest):
+        z = latents(run_dir)
+        label[rest], conf[rest] = propagate(z, known, label[known], rest, seed)
+        how[rest] = "propagated"
+    return {"index": np.arange(n), "source": lab["source"], "cluster": clusters, "label": label,
+            "confidence": conf, "how": how}
+
+
+def write_self_labels(run_dir: Path, out: Path | None = None) -> tuple[Path, dict[str, int]]:
+    """self_labels.csv (or `out`), and how many images each way labelled."""
+    s = self_labels(run_dir)
+    out = Path(out) if out else Path(run_dir) / "self_labels.csv"
+    write_csv_atomic(out, SELF_LABELS_COLUMNS,
+                     zip(s["index"], s["source"], s["cluster"], s["label"],
+                         (f"{c:.6f}" for c in s["confidence"]), s["how"]))
+    return out, summary(s)
+
+
+def summary(s: dict[str, np.ndarray]) -> dict[str, int]:
+    return {h: int((s["how"] == h).sum()) for h in HOW}
+
+
+def label_new(run_dir: Path, clusters: np.ndarray, z_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels for new images (predict): their cluster's name where it has one, else the vote of
+    their nearest labelled images of the run. Returns (label, how)."""
+    names = load_names(run_dir)
+    label = np.array([names.of(int(c)) or "" for c in clusters], dtype=object)
+    how = np.where(label != "", "cluster", "none").astype(object)
+    rest = np.flatnonzero(label == "")
+    if len(rest) and (names.names or read_corrections(run_dir)):
+        s = self_labels(run_dir)
+        known = np.flatnonzero(s["how"] != "none")
+        z = np.concatenate([np.asarray(latents(run_dir), dtype=np.float32),
+                            np.asarray(z_new, dtype=np.float32)])
+        n = len(s["label"])
+        label[rest], _ = propagate(z, known, s["label"][known], n + rest)
+        how[rest] = "propagated"
+    return label, how

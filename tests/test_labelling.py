@@ -1,0 +1,189 @@
+"""From clusters to labels: typical images, many-to-one names, corrections, propagation, and the
+exports and predictions that use them."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST
+from dvclust import DVClustError
+from dvclust.cli import app
+from dvclust.curate import export, review_queue
+from dvclust.labelling import (check_name, load_names, propagate, read_corrections, safe_folder,
+                               self_labels, set_names, typical, write_self_labels)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def cli(*args):
+    r = CliRunner().invoke(app, list(map(str, args)))
+    assert r.exit_code == 0, r.output + r.stderr
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def blob_run(tmp_path_factory):
+    """Three pure blobs of 30 images each, clustered into K = 3."""
+    x, y = _blobs()
+    base = tmp_path_factory.mktemp("lab")
+    np.savez(base / "b.npz", images=x, labels=y)
+    sets = [a for k, v in {**FAST, "batch_size": 16, "pretrain_epochs": 8}.items()
+            for a in ("--set", f"{k}={v}")]
+    cli("fit", base / "b.npz", "-k", 3, "--out", base / "run", "-q", *sets)
+    return base / "run"
+
+
+def _blobs():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 0.1, size=(90, 16, 16)).astype(np.float32)
+    y = np.repeat(np.arange(3), 30)
+    for i, c in enumerate(y):
+        r = 2 + 5 * c
+        x[i, r:r + 4, r:r + 4] = 0.9
+    return x, y
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _reset(run):
+    for f in ("names.json", "corrections.csv", "self_labels.csv"):
+        (run / f).unlink(missing_ok=True)
+
+
+def test_the_clusters_are_the_blobs(blob_run):
+    rows = _rows(blob_run / "labels.csv")
+    pairs = {(r["cluster"], r["label"]) for r in rows}
+    assert len(pairs) == 3  # each cluster is one blob: what the other tests build on
+
+
+def test_propagation_on_separated_blobs_labels_every_image():
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))]).astype(np.float32)
+    label, conf = propagate(z, np.array([0, 50]), np.array(["left", "right"], dtype=object),
+                            np.arange(100))
+    assert list(label) == ["left"] * 50 + ["right"] * 50
+    assert conf.min() > 0.9  # the other blob is 50x further away: its vote weighs little
+
+
+def test_typical_images_one_row_per_rank_largest_cluster_first(blob_run):
+    for by in ("density", "confidence"):
+        rows = typical(blob_run, 4, by)
+        assert [r["rank"] for r in rows] == [0, 1, 2, 3] * 3
+        lab = _rows(blob_run / "labels.csv")
+        assert all(int(lab[r["index"]]["cluster"]) == r["cluster"] for r in rows)
+    cli("typical", blob_run, "--per-cluster", 2, "--out", blob_run / "t.csv")
+    assert list(_rows(blob_run / "t.csv")[0]) == ["cluster", "rank", "index", "source"]
+    with pytest.raises(DVClustError, match="--by 'x'"):
+        typical(blob_run, 2, "x")
+
+
+def test_many_to_one_names_round_trip_into_every_export(blob_run, tmp_path):
+    _reset(blob_run)
+    lab = _rows(blob_run / "labels.csv")
+    c0, c1, c2 = (next(r["cluster"] for r in lab if r["label"] == str(k)) for k in range(3))
+    out = cli("name", blob_run, f"{c0}=viral pneumonia (bacterial?)", f"{c1}=viral pneumonia (bacterial?)",
+              f"{c2}=normal")
+    assert "viral pneumonia (bacterial?)" in out
+    names = load_names(blob_run)
+    assert sorted(names.names.values()).count("viral pneumonia (bacterial?)") == 2
+    want = {"0": "viral pneumonia (bacterial?)", "1": "viral pneumonia (bacterial?)", "2": "normal"}
+    cli("labels", blob_run)
+    s = _rows(blob_run / "self_labels.csv")
+    assert [r["label"] for r in s] == [want[r["label"]] for r in lab]
+    assert {r["how"] for r in s} == {"cluster"}
+    # two clusters share the name: its confidence sums their q, so it is at least each one's q
+    assert all(float(r["confidence"]) >= float(q["confidence"]) - 1e-6 for r, q in zip(s, lab))
+    rows = _rows(export(blob_run, "csv", tmp_path / "csv"))
+    assert [r["label"] for r in rows] == [want[r["label"]] for r in lab]
+    tasks = json.loads(export(blob_run, "labelstudio", tmp_path / "ls").read_text())
+    assert [t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks] == \
+        [want[r["label"]] for r in lab]
+    tree = export(blob_run, "folders", tmp_path / "tree")
+    counts = {d.name: len(list(d.iterdir())) for d in tree.iterdir()}
+    assert counts == {"viral pneumonia (bacterial_)": 60, "normal": 30}  # safe folder names
+
+
+def test_a_correction_overrides_the_name_and_survives_a_second_labels_run(blob_run, tmp_path):
+    _reset(blob_run)
+    set_names(blob_run, ["0=a", "1=b", "2=c"])
+    (tmp_path / "fix.csv").write_text("index,label\n3,special case\n")
+    lab = _rows(blob_run / "labels.csv")
+    (tmp_path / "fix2.csv").write_text(f"source,label\n{lab[4]['source']},special case\n")
+    cli("correct", blob_run, tmp_path / "fix.csv")
+    cli("correct", blob_run, tmp_path / "fix2.csv")
+    for _ in range(2):
+        s = self_labels(blob_run)
+        assert s["label"][3] == s["label"][4] == "special case"
+        assert s["how"][3] == "corrected" and s["confidence"][3] == 1.0
+        write_self_labels(blob_run)
+    assert read_corrections(blob_run) == {3: "special case", 4: "special case"}
+    # an empty label withdraws it; a later row wins
+    (tmp_path / "undo.csv").write_text("index,label\n3,\n")
+    cli("correct", blob_run, tmp_path / "undo.csv")
+    assert read_corrections(blob_run) == {4: "special case"}
+    assert len(_rows(blob_run / "corrections.csv")) == 3  # appended, nothing lost
+    # corrected images leave the review queue
+    assert 4 not in {r["index"] for r in review_queue(blob_run, 10)}
+
+
+def test_mixed_and_unnamed_clusters_are_propagated(blob_run, tmp_path):
+    _reset(blob_run)
+    lab = _rows(blob_run / "labels.csv")
+    c = [next(r["cluster"] for r in lab if r["label"] == str(k)) for k in range(3)]
+    (tmp_path / "names.csv").write_text(f"cluster,name\n{c[0]},zero\n{c[1]},one\n{c[2]},two\n")
+    cli("name", blob_run, "--from", tmp_path / "names.csv", "--mixed", c[2])
+    s = self_labels(blob_run)
+    third = np.array([r["label"] == "2" for r in lab])
+    assert set(s["how"][third]) == {"propagated"} and set(s["label"][third]) <= {"zero", "one"}
+    assert set(s["how"][~third]) == {"cluster"}
+    cli("name", blob_run, "--unmixed", c[2], "--unname", c[1])
+    s = self_labels(blob_run)
+    assert set(s["label"][third]) == {"two"}
+    assert set(s["how"][np.array([r["label"] == "1" for r in lab])]) == {"propagated"}
+
+
+def test_predict_uses_the_names(blob_run, tmp_path):
+    _reset(blob_run)
+    set_names(blob_run, ["0=a", "1=b", "2=c"])
+    cli("predict", blob_run, blob_run.parent / "b.npz", "--out", tmp_path / "p.csv")
+    p = _rows(tmp_path / "p.csv")
+    s = self_labels(blob_run)
+    assert [r["self_label"] for r in p] == list(s["label"]) and {r["how"] for r in p} == {"cluster"}
+
+
+def test_names_and_corrections_refuse_bad_input(blob_run, tmp_path):
+    with pytest.raises(DVClustError, match="unknown cluster id 7"):
+        set_names(blob_run, ["7=x"])
+    with pytest.raises(DVClustError, match="not safe as a folder name"):
+        set_names(blob_run, ["1=a/b"])
+    (tmp_path / "bad.csv").write_text("index,label\n999,x\n")
+    r = CliRunner().invoke(app, ["correct", str(blob_run), str(tmp_path / "bad.csv")])
+    assert r.exit_code == 2 and "line 2: index '999' is not an image of this run" in r.stderr
+    (tmp_path / "cols.csv").write_text("image,label\n1,x\n")
+    r = CliRunner().invoke(app, ["correct", str(blob_run), str(tmp_path / "cols.csv")])
+    assert r.exit_code == 2 and "expected columns label and one of index / source" in r.stderr
+    assert check_name("  spaced out (ok)  ") == "spaced out (ok)"
+    assert safe_folder("a:b*c?") == "a_b_c_" and safe_folder(".hidden") == "hidden"
+
+
+def test_simulated_annotator_gives_the_hand_computed_accuracy(blob_run):
+    """Two looks for three pure blobs: the two largest clusters are named from one typical image
+    each; the third class is never seen, so its 30 images get a wrong (propagated) label: 60/90."""
+    import bench_labelling as bl
+
+    y = np.repeat(np.arange(3), 30)
+    pred, spent = bl.cluster_then_label(blob_run, y, looks=2, k=3, by="density")
+    assert spent == 2 and bl.scores(y, pred)["accuracy"] == pytest.approx(60 / 90)
+    pred, spent = bl.cluster_then_label(blob_run, y, looks=5, k=3, by="density")
+    assert spent == 5 and bl.scores(y, pred)["accuracy"] == 1.0
+    # and the scores themselves, by hand: y = a a b b, pred = a b b b
+    s = bl.scores(np.array(["a", "a", "b", "b"]), ["a", "b", "b", "b"])
+    assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.75
+    assert s["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
