@@ -1,6 +1,8 @@
-"""The report, review queue and exports on a run over many images: time and peak RSS of each
-command on a store of N synthetic 28x28 images (bench_scale's blobs), after a short CLI fit
-(one epoch per phase: this measures the tools after training, not clustering quality).
+"""The report, the labelling commands and the exports on a run over many images: time and peak
+RSS of each command on a store of N synthetic 28x28 images (bench_scale's blobs), after a short
+CLI fit into K clusters (one epoch per phase: this measures the tools after training, not
+clustering quality). Half of the clusters are named (two names each shared by several), 100
+images corrected, and the rest propagated, so that `labels` does every kind of work.
 
     python bench/bench_report.py --n 1000000
     python bench/bench_report.py --n 1000000 --method pca-kmeans   # the tools alone, no training
@@ -41,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--method", default="dvc", help="pca-kmeans makes the run in seconds")
+    ap.add_argument("--clusters", type=int, default=50)
     a = ap.parse_args()
     from dvclust.data.store import write_array_store
 
@@ -48,10 +51,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=HERE) as tmp:
         store = write_array_store(Path(tmp) / "store", synth_chunks(a.n))
         run = Path(tmp) / "run"
+        corrections = Path(tmp) / "corrections.csv"
+        corrections.write_text("index,label\n" + "".join(f"{i * (a.n // 100)},fixed\n" for i in range(100)))
+        half = [f"{c}={'even' if c % 4 == 0 else 'odd' if c % 4 == 2 else f'name {c}'}"
+                for c in range(0, a.clusters, 2)]
         steps = [
-            (f"fit --method {a.method} (1 epoch per phase)",
-             ["fit", str(store), "--clusters", "10", "--out", str(run), "-q", "--method", a.method,
-              "--set", "pretrain_epochs=1", "--set", "cluster_epochs=1"]),
+            (f"fit --method {a.method} --clusters {a.clusters} (1 epoch per phase)",
+             ["fit", str(store), "--clusters", str(a.clusters), "--out", str(run), "-q",
+              "--method", a.method, "--set", "pretrain_epochs=1", "--set", "cluster_epochs=1"]),
+            ("typical --per-cluster 5", ["typical", str(run), "--per-cluster", "5"]),
+            (f"name ({len(half)} clusters)", ["name", str(run), *half]),
+            ("correct (100 images)", ["correct", str(run), str(corrections)]),
+            ("labels", ["labels", str(run)]),
             ("report", ["report", str(run)]),
             ("review --n 200", ["review", str(run), "--n", "200"]),
             ("export csv", ["export", str(run), "--format", "csv"]),
@@ -72,7 +83,7 @@ def main() -> None:
                  f"{', '.join(sections)}")
     write_block(f"bench_report:{a.method}",
                 f"## bench_report: report, review and exports on {a.n:,} images ({a.method})\n\n"
-                f"Command: `python bench/bench_report.py --n {a.n} --method {a.method}`  \n"
+                f"Command: `{harness.command(__file__)}`  \n"
                 f"{harness.stamp_line()}\n\n" + "\n".join(lines))
 
 

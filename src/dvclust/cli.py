@@ -119,9 +119,11 @@ def fit(
         if dataset.skipped:
             typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
                        f"{out / 'skipped.csv'}")
-        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml"
+        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, latents.npy"
                    + (", history.csv" if (out / "history.csv").exists() else "")
                    + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
+        typer.echo(f"next: `dvclust report {out}` to look at the clusters, `dvclust typical {out}` "
+                   "for the images to name them by")
 
 
 @app.command()

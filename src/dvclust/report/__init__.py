@@ -21,6 +21,9 @@ from ..rundir import load_run, read_labels, read_run_config, run_source
 from . import svg
 
 
+GALLERIES_OPEN = 20
+
+
 def _png(img: np.ndarray) -> str:
     """C x H x W (uint8 or [0,1] float) -> <img> with a data URL."""
     a = np.asarray(img)
@@ -102,10 +105,11 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
     parts.append("<h2>Clusters</h2>" + svg.bars(sizes.tolist(), [cluster_name(names, j) for j in range(k)],
                                                 "images per cluster"))
 
-    # galleries: most typical (highest q) and least certain members of each cluster
-    parts.append("<h2>Galleries</h2><p>Left: the most typical images of each cluster (highest "
-                 "confidence). Right: its least certain ones.</p>")
-    for j in range(k):
+    # galleries, largest cluster first: most typical (highest q) and least certain members.
+    # With many clusters (over-clustering) the first OPEN are open, the rest fold away.
+    parts.append("<h2>Galleries</h2><p>Clusters by size. Left: the most typical images of each "
+                 "cluster (highest confidence). Right: its least certain ones.</p>")
+    for rank, j in enumerate(np.argsort(-sizes, kind="stable")):
         members = np.flatnonzero(clusters == j)
         if not len(members):
             continue
@@ -117,8 +121,12 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
         unsure = unsure[np.argsort(conf[unsure])]
         imgs_t = "".join(_png(a) for a in _rows(data.images, typical))
         imgs_u = "".join(_png(a) for a in _rows(data.images, unsure))
-        parts.append(f"<h3>{html.escape(cluster_name(names, j))} ({sizes[j]:,} images)</h3>"
-                     f"<div class='row'><div>{imgs_t}</div><div class='u'>{imgs_u}</div></div>")
+        title = (f"{html.escape(cluster_name(names, int(j)))}{' (mixed)' if j in names.mixed else ''}"
+                 f" &middot; cluster {j} &middot; {sizes[j]:,} images &middot; mean confidence "
+                 f"{c.mean():.2f}")
+        parts.append(f"<details{' open' if rank < GALLERIES_OPEN else ''}><summary>{title}</summary>"
+                     f"<div class='row'><div>{imgs_t}</div><div class='u'>{imgs_u}</div></div>"
+                     "</details>")
 
     # latent map of a sample
     pick = np.sort(rng.choice(n, min(sample, n), replace=False))
@@ -175,6 +183,7 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
     style = ("body{font-family:sans-serif;margin:24px;max-width:1100px}"
              "img.t{width:56px;height:56px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}"
              ".row{display:flex;gap:24px}.u img{border-color:#d62728}"
+             "summary{font-weight:bold;margin:10px 0 4px;cursor:pointer}"
              "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;"
              "font-size:12px}svg{margin:4px}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>dvclust report"
