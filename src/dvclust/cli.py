@@ -23,6 +23,34 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Deep Variational Clustering: label large image collections by clusters.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"dvclust {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="print the version and exit")) -> None:
+    """Deep Variational Clustering: label large image collections by clusters."""
+
+
+def degenerate_warning(sizes: np.ndarray) -> str | None:
+    """One line when the clusters are degenerate: one holds nearly all images, or some hold
+    under 1% of them (with what to try), else None."""
+    n, k = int(sizes.sum()), len(sizes)
+    if k > 1 and sizes.max() >= 0.9 * n:
+        return (f"warning: one cluster holds {sizes.max() / n:.0%} of the images; try another "
+                "--seed, --set size_prior=kmeans, or fewer clusters")
+    tiny = int((sizes < 0.01 * n).sum())
+    if tiny and k <= 100:  # with more than 100 clusters, 1% is the average size
+        return (f"warning: {tiny} of {k} clusters hold under 1% of the images each; they may be "
+                "outliers worth a look (dvclust review), or K is larger than the data supports")
+    return None
+
+
 def clean_errors(fn):
     """Bad input ends in one line on stderr (exit 2), never a traceback."""
     @functools.wraps(fn)
@@ -47,7 +75,11 @@ def parse_sets(sets: list[str]) -> dict:
         if "=" not in s:
             raise DVClustError(f"--set {s!r}: expected KEY=VALUE")
         k, v = s.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise DVClustError(f"--set {s!r}: the value is not valid YAML "
+                               f"({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -116,6 +148,9 @@ def fit(
         if m:
             typer.echo(f"against the known labels: ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  "
                        f"ARI {m['ari']:.4f}")
+        warn = degenerate_warning(np.bincount(model.labels_, minlength=cfg.n_clusters))
+        if warn:
+            typer.secho(warn, fg="yellow")
         if dataset.skipped:
             typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
                        f"{out / 'skipped.csv'}")

@@ -168,19 +168,31 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise DVClustError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise DVClustError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        data = read_yaml_mapping(path)
         for key in RECORDED_KEYS:
             data.pop(key, None)
         return cls.from_dict(data, source=str(path))
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping, read safely (a `!!python/...` tag is refused, not
+    run), every failure one line naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise DVClustError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise DVClustError(f"{path}: is a folder, not a YAML config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DVClustError(f"{path}: cannot be read ({e})") from None
+    except yaml.YAMLError as e:
+        raise DVClustError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real, finite number (a YAML `.inf` or `.nan` is not one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from . import metrics
-from .config import RECORDED_KEYS, SHALLOW_METHODS, Config
+from .config import RECORDED_KEYS, SHALLOW_METHODS, Config, read_yaml_mapping
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
 from .estimators import estimator_for, load_model
@@ -57,6 +57,10 @@ class DataSource:
     @classmethod
     def from_dict(cls, d: dict) -> "DataSource":
         opts = dict(d.get("read_options") or {})
+        known = set(ReadOptions().to_dict())
+        if set(opts) - known:
+            raise DVClustError(f"config.yaml: unknown read_options key(s) "
+                               f"{', '.join(sorted(set(opts) - known))}; known: {', '.join(sorted(known))}")
         if "clip" in opts:
             opts["clip"] = tuple(opts["clip"])
         store = d.get("store")
@@ -72,7 +76,7 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise DVClustError(f"{run_dir}: not a dvclust run folder (no config.yaml)")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = read_yaml_mapping(path)
     recorded = {k: doc.pop(k, None) for k in RECORDED_KEYS}
     return Config.from_dict(doc, source=str(path)), recorded
 
@@ -172,4 +176,10 @@ def read_labels(run_dir: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     cols = list(zip(*rows[1:])) if len(rows) > 1 else [()] * len(rows[0])
-    return {name: np.asarray(col) for name, col in zip(rows[0], cols)}
+    out = {name: np.asarray(col) for name, col in zip(rows[0], cols)}
+    k = read_run_config(run_dir)[0].n_clusters
+    for i, c in enumerate(out.get("cluster", ())):
+        if not c.isdigit() or int(c) >= k:
+            raise DVClustError(f"{path}, line {i + 2}: cluster {str(c)!r} is not a cluster id of this "
+                               f"run (0..{k - 1})")
+    return out

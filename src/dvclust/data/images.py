@@ -47,8 +47,8 @@ def as_images(arr, source: str = "array") -> np.ndarray:
         raise DVClustError(f"{source}: cannot be read as an array of images ({e})") from None
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    if not (np.issubdtype(arr.dtype, np.number)):
-        raise DVClustError(f"{source}: expected numeric pixel values, got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DVClustError(f"{source}: expected real numeric pixel values, got dtype {arr.dtype}")
     if arr.ndim not in (3, 4):
         raise DVClustError(f"{source}: expected images shaped N x H x W or N x H x W x C "
                            f"(or N x C x H x W), got shape {arr.shape}")
