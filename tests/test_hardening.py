@@ -99,3 +99,143 @@ def test_degenerate_results_end_with_a_warning():
     assert "one cluster holds 95% of the images" in degenerate_warning(np.array([95, 3, 2]))
     assert "2 of 5 clusters hold under 1%" in degenerate_warning(np.array([500, 300, 198, 1, 1]))
     assert degenerate_warning(np.array([30, 30, 40])) is None
+
+
+# ---- the run folder ---------------------------------------------------------------------------
+def test_two_fits_into_one_folder_at_once_the_second_is_refused(tmp_path):
+    from dvclust.io import file_lock
+
+    out = tmp_path / "r"
+    with file_lock(out / ".lock"):  # as a running fit holds it
+        line = run("fit", "digits", "-k", 3, "--out", out, "-q", *FAST, code=2)
+    assert "another dvclust fit is writing this run folder now" in line
+    assert not (out / "labels.csv").exists()
+
+
+def test_a_fresh_fit_owns_its_folder(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "labels.csv").write_text("index,source,cluster\n0,old,0\n")
+    (out / "metrics.json").write_text("{}")
+    (out / "report.html").write_text("old")
+    run("fit", "digits", "-k", 3, "--out", out, "-q", "--method", "kmeans")
+    assert not (out / "report.html").exists() and "digits#0" in (out / "labels.csv").read_text()
+    (out / "checkpoint.pt").unlink()
+    (out / "names.json").write_text('{"names": {"0": "x"}, "mixed": []}')
+    assert "holds names.json from an earlier run" in run("fit", "digits", "-k", 3, "--out", out,
+                                                         "-q", "--method", "kmeans", code=2)
+
+
+def test_evaluate_on_other_data_keeps_the_runs_metrics(digits_run, tmp_path):
+    from dvclust import load_dataset
+
+    d = load_dataset("digits")
+    np.savez(tmp_path / "few.npz", images=d.images[:200], labels=d.labels[:200])
+    own = (digits_run / "metrics.json").read_text()
+    run("evaluate", digits_run, tmp_path / "few.npz")
+    assert (digits_run / "metrics.json").read_text() == own
+    assert (digits_run / "metrics_few.json").exists()
+
+
+def test_a_run_folder_works_from_any_directory(tmp_path, monkeypatch):
+    from dvclust import load_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "a" / "x.npy", load_dataset("digits").images[:300])
+    monkeypatch.chdir(tmp_path / "a")
+    run("fit", "x.npy", "-k", 3, "--out", "run", "-q", "--method", "kmeans")
+    monkeypatch.chdir(tmp_path / "b")
+    run("export", tmp_path / "a" / "run", "--format", "folders", "--out", "exp")
+    assert sum(1 for _ in (tmp_path / "b" / "exp" / "folders").rglob("*.png")) == 300
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["images", "labels", "train_labels"])
+def test_npz_object_arrays_are_refused_without_running_code(tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    imgs = np.zeros((4, 8, 8), np.uint8)
+    obj = np.array([{"a": 1}] * 4, dtype=object)
+    arrays = {"train_images": imgs, "train_labels": obj} if where == "train_labels" else \
+        {"images": obj if where == "images" else imgs, "labels": obj if where == "labels" else np.zeros(4)}
+    np.savez(tmp_path / "o.npz", **arrays)
+    line = run("fit", tmp_path / "o.npz", "-k", 2, "--out", "r", code=2)
+    assert f"o.npz[{where}]: refused: Object arrays cannot be loaded" in line
+
+
+def test_a_3d_medmnist_file_says_what_it_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "v.npz", train_images=np.zeros((5, 28, 28, 28), np.uint8),
+             train_labels=np.zeros((5, 1)))
+    line = run("fit", tmp_path / "v.npz", "-k", 2, "--out", "r", code=2)
+    assert "holds 3-D volumes (5 x 28 x 28 x 28)" in line and "NIfTI" in line
+
+
+def _pngs(folder, n, value):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((12, 12), value, np.uint8)).save(folder / f"{i}.png")
+
+
+def test_disk_full_while_the_store_is_built_is_one_line(tmp_path, monkeypatch):
+    import dvclust.data.store as st
+
+    _pngs(tmp_path / "imgs", 4, 100)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st.os, "fsync", full)
+    monkeypatch.chdir(tmp_path)
+    line = run("fit", tmp_path / "imgs", "-k", 2, "--size", 16, "--out", "r", "--store",
+               tmp_path / "store", code=2)
+    assert "building the store failed: No space left on device" in line
+    assert not list((tmp_path / "store").glob("*.tmp"))
+
+
+def test_class_folders_that_are_links_are_followed_and_loops_end(tmp_path):
+    from dvclust import load_dataset
+    from dvclust.data import ReadOptions
+
+    _pngs(tmp_path / "elsewhere" / "dark", 3, 20)
+    _pngs(tmp_path / "data" / "light", 3, 230)
+    (tmp_path / "data" / "dark").symlink_to(tmp_path / "elsewhere" / "dark")
+    (tmp_path / "data" / "light" / "loop").symlink_to(tmp_path / "data")  # a link loop
+    d = load_dataset(tmp_path / "data", options=ReadOptions(size=8), store=tmp_path / "store")
+    assert d.class_names == ["dark", "light"] and len(d) == 6
+
+
+def test_predict_lists_skipped_files_when_the_store_is_reused(digits_run, tmp_path):
+    _pngs(tmp_path / "new", 3, 50)
+    (tmp_path / "new" / "broken.png").write_bytes(b"")
+    run("fit", tmp_path / "new", "-k", 2, "--size", 8, "--out", tmp_path / "r", "-q",
+        "--method", "kmeans", "--store", tmp_path / "store")
+    for _ in range(2):  # built by the first predict, reused by the second
+        out = run("predict", tmp_path / "r", tmp_path / "new", "--out", tmp_path / "p.csv")
+        assert "skipped 1 unreadable file(s)" in out
+        assert "broken.png" in (tmp_path / "p_skipped.csv").read_text()
+
+
+def test_export_copy_refuses_a_source_outside_the_data(tmp_path):
+    _pngs(tmp_path / "imgs", 4, 90)
+    run("fit", tmp_path / "imgs", "-k", 2, "--size", 8, "--out", tmp_path / "r", "-q",
+        "--method", "kmeans", "--store", tmp_path / "store")
+    lab = tmp_path / "r" / "labels.csv"
+    lab.write_text(lab.read_text().replace("0.png", "../../../etc/hostname", 1))
+    line = run("export", tmp_path / "r", "--format", "folders", "--copy", "--out", tmp_path / "e",
+               code=2)
+    assert "'../../../etc/hostname' lies outside the run's data folder" in line
+
+
+def test_packaging_metadata():
+    import importlib.metadata as md
+
+    import dvclust
+
+    meta = md.metadata("dvclust")
+    assert md.version("dvclust") == dvclust.__version__
+    assert "LICENSE" in (meta.get_all("License-File") or [])
+    assert set(meta.get_all("Provides-Extra")) == {"dicom", "nifti", "umap", "test"}
+    assert any("Medical" in c for c in meta.get_all("Classifier"))

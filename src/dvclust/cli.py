@@ -117,7 +117,7 @@ def fit(
     if resume and (out / "config.yaml").exists():
         # a resumed run reads its data exactly as it did before the interruption
         recorded = run_source(out)
-        if recorded.path == data:
+        if recorded.path == source.path:
             source = recorded
     if resume and config is None and (out / "config.yaml").exists():
         cfg, _ = read_run_config(out)
@@ -176,6 +176,12 @@ def predict(
     # the run's own preprocessing, so that new images look like the ones it was trained on
     dataset = run_source(run_dir).with_data(data, split).load(verbose=True)
     out = out or run_dir / "predictions.csv"
+    if dataset.skipped:  # listed whether the store was built now or reused
+        from .io import write_csv_atomic
+
+        listed = out.with_name(out.stem + "_skipped.csv")
+        write_csv_atomic(listed, ["source", "reason"], dataset.skipped)
+        typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in {listed}")
     pred = model.predict_details(dataset)
     # "far": further from every centre than 99% of the run's own images were
     limit = np.quantile(read_labels(run_dir)["distance"].astype(float), 0.99)
@@ -194,8 +200,13 @@ def predict(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
     data: Optional[str] = typer.Argument(None, help="labelled data (default: the run's own)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON to write (default "
+                                       "RUN_DIR/metrics.json for the run's own data, "
+                                       "RUN_DIR/metrics_<data>.json for other data)"),
 ):
     """Score a run's clusters against known labels: ACC, NMI, ARI, per-class recall."""
+    from .labelling import safe_folder
+
     model = load_run(run_dir)
     source = run_source(run_dir)
     if data is not None:
@@ -203,9 +214,12 @@ def evaluate(
     dataset = source.load(verbose=False)
     if dataset.labels is None:
         raise DVClustError(f"{source.path}: holds no known labels to evaluate against")
-    m = write_metrics(run_dir / "metrics.json", dataset.labels, model.predict(dataset))
+    # other data's figures never replace the run's own metrics.json (the report reads it)
+    own = data is None or source.path == run_source(run_dir).path
+    out = out or run_dir / ("metrics.json" if own else f"metrics_{safe_folder(Path(data).stem)}.json")
+    m = write_metrics(out, dataset.labels, model.predict(dataset))
     typer.echo(json.dumps({k: m[k] for k in ("acc", "nmi", "ari", "per_class_recall")}, indent=2))
-    typer.echo(f"written to {run_dir / 'metrics.json'}")
+    typer.echo(f"written to {out}")
 
 
 @app.command()

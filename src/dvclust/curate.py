@@ -60,15 +60,24 @@ def _inside(root: Path, path: Path) -> Path:
     return path
 
 
+def _within(root: Path, source: str) -> Path:
+    """root/source, refused unless it stays inside root (a hand-edited labels.csv with
+    ../../etc/hostname must not export a file from elsewhere)."""
+    path = Path(os.path.normpath(root / source))
+    if not path.is_relative_to(Path(os.path.normpath(root))):
+        raise DVClustError(f"labels.csv: source {str(source)!r} lies outside the run's data folder {root}")
+    return path
+
+
 def _image_files(run_dir: Path, lab: dict, out: Path) -> list[Path]:
     """A file on disk for every row: the original for file-based runs, else a PNG written into
     out/images (array datasets such as MNIST have no files of their own)."""
     source = run_source(run_dir)
     root = Path(source.path)
     if root.is_dir() and not (root / "manifest.json").exists() and "#" not in lab["source"][0]:
-        return [root / s for s in lab["source"]]
+        return [_within(root, s) for s in lab["source"]]
     if root.is_file() and root.suffix.lower() not in (".npz", ".npy"):
-        return [root.parent / s.split("#")[0] for s in lab["source"]]
+        return [_within(root.parent, s.split("#")[0]) for s in lab["source"]]
     data = source.load(verbose=False)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,28 @@ def atomic_file(path: str | Path, mode: str = "wb"):
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path, wait: bool = True, busy: str | None = None):
+    """An exclusive advisory lock on `path` (created if missing) for the body. With wait=False a
+    lock held by another process raises DVClustError(busy) at once instead of waiting."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; concurrent writers are then unsafe
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise DVClustError(busy or f"{path}: locked by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)

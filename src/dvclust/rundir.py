@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .config import RECORDED_KEYS, SHALLOW_METHODS, Config, read_yaml_mapping
 from .data import ImageData, ReadOptions, load_dataset
 from .errors import DVClustError
 from .estimators import estimator_for, load_model
-from .io import atomic_file, write_csv_atomic, write_json_atomic, write_text_atomic
+from .io import atomic_file, file_lock, write_csv_atomic, write_json_atomic, write_text_atomic
 from .runtime import versions
 from .training.distributed import process_group, torchrun_world_size
 
@@ -43,6 +44,12 @@ class DataSource:
     split: str = "all"
     options: ReadOptions = field(default_factory=ReadOptions)
     store: Path | None = None
+
+    def __post_init__(self) -> None:
+        # recorded absolute, so that the run folder works from any directory
+        p = Path(self.path).expanduser()
+        if p.exists():
+            self.path = str(p.resolve())
 
     def load(self, workers: int | None = None, verbose: bool = True) -> ImageData:
         return load_dataset(self.path, self.split, self.options, self.store, workers, verbose)
@@ -105,6 +112,23 @@ def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> No
     write_csv_atomic(path, header, zip(*cols))
 
 
+# What a fit writes: a fresh fit removes an earlier run's copies, so that nothing stale is read
+# beside the new config. Human work (names, corrections) is never removed: the fit refuses.
+FIT_OUTPUTS = ("labels.csv", "metrics.json", "latents.npy", "history.csv", "skipped.csv",
+               "suggest_k.csv", "self_labels.csv", "typical.csv", "review.csv", "report.html",
+               "predictions.csv")
+HUMAN_WORK = ("names.json", "corrections.csv")
+
+
+def clear_stale_outputs(run_dir: Path) -> None:
+    kept = [f for f in HUMAN_WORK if (run_dir / f).exists()]
+    if kept:
+        raise DVClustError(f"{run_dir}: holds {' and '.join(kept)} from an earlier run; a new fit "
+                           "would orphan them: move them away, or choose another --out")
+    for f in FIT_OUTPUTS:
+        (run_dir / f).unlink(missing_ok=True)
+
+
 def write_latents(run_dir: Path, z: np.ndarray) -> None:
     """latents.npy: the latent mean of every image (what typical images and propagation use)."""
     with atomic_file(run_dir / "latents.npy") as f:
@@ -132,7 +156,13 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
     if auto_k is not None and cfg.method in SHALLOW_METHODS:
         raise DVClustError(f"--clusters auto pretrains a network; method {cfg.method!r} has "
                            "none, give K")
-    with process_group(cfg.device) as dist:
+    with process_group(cfg.device) as dist, contextlib.ExitStack() as owned:
+        if dist.is_main:  # one fit owns a run folder at a time (rank 0 speaks for a torchrun job)
+            owned.enter_context(file_lock(
+                run_dir / ".lock", wait=False, busy=f"{run_dir}: another dvclust fit is writing "
+                "this run folder now; wait for it to end, or choose another --out"))
+            if not resume:
+                clear_stale_outputs(run_dir)
         if auto_k is not None:
             from .choose_k import pretrain_and_choose_k
 

@@ -40,16 +40,33 @@ def read_npy(path: Path) -> ImageData:
     return ImageData(images, None, _sources(path, len(images)), path.stem)
 
 
+class _Arrays:
+    """An .npz's arrays by name, loaded without pickle: an object array (the way a pickle runs
+    code) is refused with one line instead of a traceback."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.z = np.load(path, allow_pickle=False)
+            self.keys = list(self.z.keys())
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise DVClustError(f"{path}: not a readable .npz file ({e})") from None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self.z[key]
+        except ValueError as e:
+            raise DVClustError(f"{self.path}[{key}]: refused: {e} (an object array; save plain "
+                               "numeric arrays)") from None
+
+
 def read_npz(path: Path, split: str | list[str] | None = "all") -> ImageData:
-    try:
-        z = np.load(path, allow_pickle=False)
-        keys = list(z.keys())
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise DVClustError(f"{path}: not a readable .npz file ({e})") from None
+    z = _Arrays(path)
+    keys = z.keys
     if any(f"{s}_images" in keys for s in MEDMNIST_SPLITS):
         present = tuple(s for s in MEDMNIST_SPLITS if f"{s}_images" in keys)
         splits = parse_splits(split, present, str(path))
-        imgs = [as_images(z[f"{s}_images"], f"{path}[{s}_images]") for s in splits]
+        imgs = [_images_2d(z[f"{s}_images"], f"{path}[{s}_images]") for s in splits]
         if len({im.shape[1:] for im in imgs}) > 1 or len({im.dtype for im in imgs}) > 1:
             raise DVClustError(f"{path}: splits {splits} hold images of different shapes or types")
         labels = None
@@ -65,10 +82,19 @@ def read_npz(path: Path, split: str | list[str] | None = "all") -> ImageData:
     if key is None:
         raise DVClustError(f"{path}: no image array found; name it one of {', '.join(_IMAGE_KEYS)} "
                            f"(keys present: {', '.join(keys) or 'none'})")
-    images = as_images(z[key], f"{path}[{key}]")
+    images = _images_2d(z[key], f"{path}[{key}]")
     lkey = next((k for k in _LABEL_KEYS if k in keys), None)
     labels = as_labels(z[lkey], len(images), f"{path}[{lkey}]") if lkey else None
     return ImageData(images, labels, _sources(path, len(images)), path.stem)
+
+
+def _images_2d(arr: np.ndarray, source: str) -> np.ndarray:
+    """MedMNIST 3-D files hold N x D x H x W volumes, which no 2-D layout explains: say so."""
+    if arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[-1] not in (1, 3):
+        raise DVClustError(f"{source}: holds 3-D volumes ({' x '.join(map(str, arr.shape))}), and "
+                           "dvclust clusters 2-D images; write the volumes as NIfTI files and read "
+                           "them as slices (--axis, --slices), or pass 2-D images")
+    return as_images(arr, source)
 
 
 def _sources(path: Path, n: int) -> list[str]:

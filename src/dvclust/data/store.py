@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DVClustError
-from ..io import write_csv_atomic, write_json_atomic
+from ..io import file_lock, write_csv_atomic, write_json_atomic
 from .images import ImageData
 from .preprocess import ReadOptions, preprocess
 from .readers import known_suffixes, reader_for
@@ -33,10 +33,21 @@ STORE_VERSION = 1
 
 
 def scan(root: Path) -> list[Path]:
+    """Every readable file under root, following folder links (class folders are often links)
+    but never into a folder already seen, so that a link loop ends."""
     if root.is_file():
         return [root] if reader_for(root) else []
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and reader_for(p))
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if not n.startswith(".")
+                  and (Path(folder) / n).is_file() and reader_for(Path(folder) / n)]
+    return sorted(found)
 
 
 def default_store(root: Path, opts: ReadOptions) -> Path:
@@ -94,23 +105,8 @@ def load_store(root: Path, opts: ReadOptions, store: Path | None = None,
     # It is opened under the lock too: open_store reads the index and keeps the image file open,
     # and a rebuild replaces files instead of rewriting them, so a run that opened the store
     # keeps reading the images it started with while another run rebuilds it.
-    with _locked(store / ".lock"):
+    with file_lock(store / ".lock"):
         return open_store(_reuse_or_build(root, files, state, opts, store, workers, verbose))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; concurrent builds of one store are then unsafe
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _reuse_or_build(root, files, state, opts, store, workers, verbose) -> Path:
@@ -141,15 +137,40 @@ def _build(root, files, state, opts, store, workers, verbose) -> None:
     store.mkdir(parents=True, exist_ok=True)
     classes = _class_of(root, files, opts)
     cls_index = {c: i for i, c in enumerate(classes or [])}
-    index_rows, labels, skipped = [], [], []
-    n = 0
     workers = workers or os.cpu_count() or 1
     tmp = store / "images.u8.tmp"
     jobs = [(p, opts) for p in files]
-    bar = tqdm(total=len(files), desc="preprocessing", unit="file", disable=not verbose,
+    # disable=None: tqdm draws bars on a terminal only (and honours TQDM_DISABLE)
+    bar = tqdm(total=len(files), desc="preprocessing", unit="file", disable=None if verbose else True,
                mininterval=1.0)
+    try:
+        index_rows, labels, skipped, n = _write_images(tmp, jobs, state, classes, cls_index,
+                                                       workers, bar)
+    except OSError as e:  # a full disk, say: no half-written store is left behind
+        tmp.unlink(missing_ok=True)
+        raise DVClustError(f"{store}: building the store failed: {e.strerror or e}; nothing "
+                           "half-written is kept (free space, or pass --store elsewhere)") from None
+    bar.close()
+    write_csv_atomic(store / "skipped.csv", ["source", "reason"], skipped)
+    if n == 0:
+        tmp.unlink()
+        raise DVClustError(f"{root}: none of its {len(files)} files could be read "
+                           f"(reasons in {store / 'skipped.csv'})")
+    _finish(store, tmp, index_rows, labels if classes else None, {
+        "root": str(root.resolve()), "options": opts.to_dict(), "files": state, "n": n,
+        "shape": [opts.channels, opts.size, opts.size], "class_names": classes,
+        "n_skipped": len(skipped)})
+    if verbose:
+        print(f"preprocessed {n} images from {len(files)} files into {store}"
+              + (f"; skipped {len(skipped)} unreadable file(s), listed in {store / 'skipped.csv'}"
+                 if skipped else ""))
+
+
+def _write_images(tmp, jobs, state, classes, cls_index, workers, bar):
+    """Preprocess every file (in parallel) into tmp; returns index rows, labels, skipped, count."""
+    index_rows, labels, skipped, n = [], [], [], 0
     with open(tmp, "wb") as out:
-        if workers > 1 and len(files) >= 64:
+        if workers > 1 and len(jobs) >= 64:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             pool = ctx.Pool(workers)
             results = pool.imap(_work, jobs, chunksize=32)
@@ -172,20 +193,7 @@ def _build(root, files, state, opts, store, workers, verbose) -> None:
                 pool.terminate()
         out.flush()
         os.fsync(out.fileno())
-    bar.close()
-    write_csv_atomic(store / "skipped.csv", ["source", "reason"], skipped)
-    if n == 0:
-        tmp.unlink()
-        raise DVClustError(f"{root}: none of its {len(files)} files could be read "
-                           f"(reasons in {store / 'skipped.csv'})")
-    _finish(store, tmp, index_rows, labels if classes else None, {
-        "root": str(root.resolve()), "options": opts.to_dict(), "files": state, "n": n,
-        "shape": [opts.channels, opts.size, opts.size], "class_names": classes,
-        "n_skipped": len(skipped)})
-    if verbose:
-        print(f"preprocessed {n} images from {len(files)} files into {store}"
-              + (f"; skipped {len(skipped)} unreadable file(s), listed in {store / 'skipped.csv'}"
-                 if skipped else ""))
+    return index_rows, labels, skipped, n
 
 
 def _finish(store: Path, tmp: Path, index_rows, labels, manifest: dict) -> None:

@@ -13,6 +13,7 @@ optimiser, targets P, previous labels, early-stopping counters, history).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,17 @@ class Context:
     def show(self) -> bool:
         return self.verbose and self.dist.is_main
 
+    @property
+    def bars(self) -> bool | None:
+        """tqdm's `disable`: None draws bars on a terminal only (and honours TQDM_DISABLE)."""
+        return None if self.show else True
+
+    def epoch_line(self, row: dict, total: int, extra: str = "") -> None:
+        """Without a terminal (a log file), one plain line per epoch instead of a bar."""
+        if self.show and not sys.stderr.isatty():
+            self.log(f"{row['phase']} epoch {row['epoch']}/{total}: loss {row['loss']:.5g}, "
+                     f"{row['images_per_s']:.0f} img/s{extra}")
+
     def log(self, msg: str) -> None:
         if self.show:
             tqdm.write(msg)
@@ -143,7 +155,7 @@ def run_epoch(ctx: Context, net: nn.Module, opt: torch.optim.Optimizer, phase: s
     sums = torch.zeros(4, dtype=torch.float64, device=dist.device)
     t0 = time.perf_counter()
     bar = tqdm(ctx.loader, desc=f"{'pretrain' if phase == 'pretrain' else 'clustering'} epoch "
-               f"{st.epoch + 1}", leave=False, disable=not ctx.show, mininterval=1.0)
+               f"{st.epoch + 1}", leave=False, disable=ctx.bars, mininterval=1.0)
     for xb, idx in bar:
         x = to_float(xb.to(dist.device, non_blocking=True))
         if ctx.augment:  # the jittered image is both the input and what is reconstructed
@@ -182,7 +194,7 @@ def pretrain(ctx: Context) -> None:
     net = DDP(model.vae) if ctx.dist.active else model.vae
     opt = ctx.optimizer(model.vae.parameters())
     with tqdm(total=cfg.pretrain_epochs, initial=st.epoch, desc="phase 1/3 pretrain",
-              disable=not ctx.show) as bar:
+              disable=ctx.bars) as bar:
         while st.epoch < cfg.pretrain_epochs and st.bad_epochs < cfg.patience:
             row = run_epoch(ctx, net, opt, "pretrain")
             st.epoch += 1
@@ -194,6 +206,7 @@ def pretrain(ctx: Context) -> None:
             st.history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+            ctx.epoch_line(row, cfg.pretrain_epochs)
             ctx.end_epoch(opt)
     if st.bad_epochs >= cfg.patience:
         ctx.log(f"pretraining stopped early after {st.epoch} epochs (loss plateau)")
@@ -234,7 +247,7 @@ def self_train(ctx: Context) -> None:
     converged, change = False, None
     targets = st.targets.to(dist.device) if st.targets is not None else None
     with tqdm(total=max_epochs, initial=st.epoch, desc="phase 3/3 clustering",
-              disable=not ctx.show) as bar:
+              disable=ctx.bars) as bar:
         while st.epoch < max_epochs:
             if st.epoch % cfg.update_interval == 0 or st.targets is None:
                 targets, change = update_targets(ctx)
@@ -248,6 +261,7 @@ def self_train(ctx: Context) -> None:
             st.history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", changed=_fmt(change))
+            ctx.epoch_line(row, max_epochs, "" if change is None else f", {change:.3%} of labels changed")
             ctx.end_epoch(opt)
     if not converged:
         ctx.log(f"clustering stopped at the epoch limit ({max_epochs})")
