@@ -1,5 +1,8 @@
 """Bad input is one line naming the file or value (exit 2), never a traceback (issue 17's cases),
 run in-process with typer's CliRunner."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -239,3 +242,35 @@ def test_packaging_metadata():
     assert "LICENSE" in (meta.get_all("License-File") or [])
     assert set(meta.get_all("Provides-Extra")) == {"dicom", "nifti", "umap", "test"}
     assert any("Medical" in c for c in meta.get_all("Classifier"))
+
+
+# ---- exports ----------------------------------------------------------------------------------
+def test_exports_decide_files_from_the_data_not_a_hash_in_a_name(tmp_path):
+    """A folder whose first file is '#01 scan.png' still exports links to its originals, and a
+    folders export leaves the PNGs that an earlier Label Studio export points to in place."""
+    from urllib.parse import unquote
+
+    from dvclust import load_dataset
+
+    _pngs(tmp_path / "imgs", 3, 70)
+    (tmp_path / "imgs" / "0.png").rename(tmp_path / "imgs" / "#01 scan%20x.png")
+    run("fit", tmp_path / "imgs", "-k", 2, "--size", 8, "--out", tmp_path / "r", "-q",
+        "--method", "kmeans", "--store", tmp_path / "store")
+    tree = tmp_path / "e" / "folders"
+    run("export", tmp_path / "r", "--format", "folders", "--out", tmp_path / "e")
+    links = sorted(tree.rglob("*.png"))
+    assert len(links) == 3 and all(p.is_symlink() for p in links)
+    assert any(p.resolve().name == "#01 scan%20x.png" for p in links)
+    run("export", tmp_path / "r", "--format", "labelstudio", "--out", tmp_path / "e")
+    tasks = json.loads((tmp_path / "e" / "tasks.json").read_text())
+    urls = [t["data"]["image"] for t in tasks]
+    assert any("%2301%20scan%2520x.png" in u for u in urls)  # '#', ' ' and '%' encoded
+    assert all(Path("/" + unquote(u.split("?d=", 1)[1])).is_file() for u in urls)
+    # array data: both exports write their own PNGs, and neither moves the other's
+    np.save(tmp_path / "a.npy", load_dataset("digits").images[:50])
+    run("fit", tmp_path / "a.npy", "-k", 2, "--out", tmp_path / "ra", "-q", "--method", "kmeans")
+    run("export", tmp_path / "ra", "--format", "labelstudio", "--out", tmp_path / "ea")
+    run("export", tmp_path / "ra", "--format", "folders", "--out", tmp_path / "ea")
+    tasks = json.loads((tmp_path / "ea" / "tasks.json").read_text())
+    assert all(Path("/" + unquote(t["data"]["image"].split("?d=", 1)[1])).is_file() for t in tasks)
+    assert len(list((tmp_path / "ea" / "folders").rglob("*.png"))) == 50

@@ -3,11 +3,11 @@
 folder; nothing is written outside the chosen output folder."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -69,26 +69,27 @@ def _within(root: Path, source: str) -> Path:
     return path
 
 
-def _image_files(run_dir: Path, lab: dict, out: Path) -> list[Path]:
-    """A file on disk for every row: the original for file-based runs, else a PNG written into
-    out/images (array datasets such as MNIST have no files of their own)."""
+def _image_files(run_dir: Path, lab: dict) -> tuple[list[Path | None], object]:
+    """The original file of every row where the run read one whole file per image; None where
+    an export must write a PNG of the image as the run saw it (arrays such as MNIST, frames of a
+    DICOM, slices of a NIfTI). Decided from what the data is (the store's items), never from a
+    file name. Also returns the data, for the images of the None rows."""
     source = run_source(run_dir)
-    root = Path(source.path)
-    if root.is_dir() and not (root / "manifest.json").exists() and "#" not in lab["source"][0]:
-        return [_within(root, s) for s in lab["source"]]
-    if root.is_file() and root.suffix.lower() not in (".npz", ".npy"):
-        return [_within(root.parent, s.split("#")[0]) for s in lab["source"]]
     data = source.load(verbose=False)
-    img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(len(data)):
-        p = _inside(out, img_dir / f"{i:08d}.png")
-        arr = np.asarray(data.images[i])
-        arr = (arr * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
-        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(p)
-        paths.append(p)
-    return paths
+    root = Path(source.path)
+    if data.items is None:
+        return [None] * len(data), data
+    base = root if root.is_dir() else root.parent
+    return [None if item else _within(base, src[:len(src) - len(item) - 1] if item else src)
+            for src, item in zip(lab["source"], data.items)], data
+
+
+def _write_png(data, i: int, path: Path) -> Path:
+    arr = np.asarray(data.images[i])
+    arr = (arr * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+    return path
 
 
 def _relative(path: Path, root: str) -> str:
@@ -126,15 +127,20 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
                              [cluster_name(names, c) for c in clusters], s["label"], s["how"],
                              (f"{c:.6f}" for c in score), lab["outlier_score"]))
         return path
-    files = _image_files(run_dir, lab, out)
+    files, data = _image_files(run_dir, lab)
     if fmt == "labelstudio":
         path = _inside(out, out / "tasks.json")
+        # each export writes its own PNGs (labelstudio: out/images, folders: the tree), so that
+        # one never moves or replaces the files another one's output points to
+        files = [p or _write_png(data, i, _inside(out, out / "images" / f"{i:08d}.png"))
+                 for i, p in enumerate(files)]
         # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
         with atomic_file(path, "w") as f:
             f.write("[")
             for i, (p, src, name, conf) in enumerate(zip(files, lab["source"], shown, score)):
                 task = {"id": i + 1,
-                        "data": {"image": "/data/local-files/?d=" + _relative(p, document_root),
+                        # percent-encoded: '#', '%', spaces or newlines in a name stay in the path
+                        "data": {"image": "/data/local-files/?d=" + quote(_relative(p, document_root)),
                                  "source": src},
                         "predictions": [{"model_version": "dvclust", "score": float(conf),
                                          "result": [{"from_name": "label", "to_name": "image",
@@ -145,16 +151,15 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         return path
     tree = out / "folders"
     for i, (p, name) in enumerate(zip(files, shown)):
+        if p is None:
+            _write_png(data, i, _inside(out, tree / safe_folder(name) / f"{i:08d}.png"))
+            continue
         target = _inside(out, tree / safe_folder(name) / f"{i:08d}_{p.name}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() or target.is_symlink():
             target.unlink()
-        if p.resolve().is_relative_to(out):  # a PNG written for array data: move it in place
-            os.replace(p, target)
-        elif copy:
+        if copy:
             shutil.copyfile(p, target)
         else:
             os.symlink(p.resolve(), target)
-    with contextlib.suppress(OSError):
-        (out / "images").rmdir()  # emptied by the moves above
     return tree

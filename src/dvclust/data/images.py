@@ -22,6 +22,9 @@ class ImageData:
     name: str = "array"
     class_names: list[str] | None = field(default=None)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) not read
+    # per image, for collections read from files: "" when the image is its whole file, else the
+    # part of it ("frame=3", "slice=12"); None for arrays, which have no files of their own
+    items: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)

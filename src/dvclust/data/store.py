@@ -293,8 +293,11 @@ def open_store(store: Path) -> ImageData:
     m = json.loads((store / "manifest.json").read_text())
     images = RowFile(store / "images.u8", (m["n"], *m["shape"]))
     with open(store / "index.csv") as f:
-        sources = [r["source"] + (f"#{r['item']}" if r["item"] else "") for r in csv.DictReader(f)]
+        index = list(csv.DictReader(f))
+    sources = [r["source"] + (f"#{r['item']}" if r["item"] else "") for r in index]
     labels = np.load(store / "labels.npy") if (store / "labels.npy").exists() else None
     with open(store / "skipped.csv") as f:
         skipped = [(r["source"], r["reason"]) for r in csv.DictReader(f)]
-    return ImageData(images, labels, sources, Path(m["root"]).name, m["class_names"], skipped)
+    from_files = m.get("options") is not None  # write_array_store records no read options
+    return ImageData(images, labels, sources, Path(m["root"]).name, m["class_names"], skipped,
+                     [r["item"] for r in index] if from_files else None)

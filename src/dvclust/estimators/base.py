@@ -25,7 +25,7 @@ def as_data(X, y=None) -> ImageData:
     """Any accepted input (ImageData, array, tensor) as ImageData, with y as its labels if given."""
     if isinstance(X, ImageData):
         labels = as_labels(y, len(X)) if y is not None else X.labels
-        return ImageData(X.images, labels, X.sources, X.name, X.class_names)
+        return ImageData(X.images, labels, X.sources, X.name, X.class_names, X.skipped, X.items)
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     images = as_images(X, "X")
