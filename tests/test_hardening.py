@@ -274,3 +274,43 @@ def test_exports_decide_files_from_the_data_not_a_hash_in_a_name(tmp_path):
     tasks = json.loads((tmp_path / "ea" / "tasks.json").read_text())
     assert all(Path("/" + unquote(t["data"]["image"].split("?d=", 1)[1])).is_file() for t in tasks)
     assert len(list((tmp_path / "ea" / "folders").rglob("*.png"))) == 50
+
+
+def test_class_names_from_folders_appear_in_labels_metrics_and_report(tmp_path):
+    from dvclust.report import build_report
+
+    _pngs(tmp_path / "imgs" / "NORMAL", 4, 30)
+    _pngs(tmp_path / "imgs" / "PNEUMONIA", 4, 220)
+    run("fit", tmp_path / "imgs", "-k", 2, "--size", 8, "--out", tmp_path / "r", "-q",
+        "--method", "kmeans", "--store", tmp_path / "store")
+    rows = (tmp_path / "r" / "labels.csv").read_text().splitlines()
+    assert rows[1].endswith(",NORMAL") and rows[-1].endswith(",PNEUMONIA")
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(m["per_class_recall"]) == {"NORMAL", "PNEUMONIA"}
+    html = build_report(tmp_path / "r", sample=8).read_text()
+    assert "<th>NORMAL</th>" in html and "<th>PNEUMONIA</th>" in html
+
+
+def test_resume_refuses_other_read_options(tmp_path):
+    _pngs(tmp_path / "imgs" / "a", 4, 30)
+    _pngs(tmp_path / "imgs" / "b", 4, 220)
+    args = ["fit", tmp_path / "imgs", "-k", 2, "--out", tmp_path / "r", "-q", "--store",
+            tmp_path / "store", "--set", "pretrain_epochs=2", "--set", "cluster_epochs=1",
+            "--set", "batch_size=4"]
+    run(*args, "--size", 16)
+    line = run(*args, "--size", 32, "--resume", code=2)
+    assert "cannot resume with different read options (size: 16 -> 32)" in line
+    run(*args, "--resume")  # the recorded size, unsaid, is fine
+
+
+def test_choices_are_listed_in_help():
+    def help_of(cmd):
+        r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "400"})
+        assert r.exit_code == 0
+        return r.output
+
+    assert "dvc|idec|dec|vae-kmeans|ae-kmeans|pca-kmeans|kmeans" in help_of("fit")
+    assert "DICOM" in help_of("fit") and "NIfTI" in help_of("fit")
+    assert "csv|labelstudio|folders" in help_of("export")
+    assert "silhouette|consensus|balance" in help_of("pick")
+    assert "--seed" in help_of("suggest-k") and "--quiet" in help_of("predict")

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ import numpy as np
 import typer
 
 from . import curate
-from .config import METHODS, Config
+from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
 from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, run_source, \
@@ -83,10 +84,41 @@ def parse_sets(sets: list[str]) -> dict:
     return out
 
 
+DATA_HELP = ("'digits' (embedded); a folder (searched recursively) or file of PNG/JPEG/TIFF/BMP "
+             "images, DICOM or NIfTI volumes (2-D slices); an MNIST idx folder; a MedMNIST .npz "
+             "(any flag and size); a .npy/.npz image array; or a store folder")
+
+
+class Method(str, Enum):
+    dvc, idec, dec = "dvc", "idec", "dec"
+    vae_kmeans, ae_kmeans, pca_kmeans, kmeans = "vae-kmeans", "ae-kmeans", "pca-kmeans", "kmeans"
+
+
+class Resize(str, Enum):
+    pad, crop = "pad", "crop"
+
+
+class Format(str, Enum):
+    csv, labelstudio, folders = "csv", "labelstudio", "folders"
+
+
+class Rule(str, Enum):
+    silhouette, consensus, balance = "silhouette", "consensus", "balance"
+
+
+class By(str, Enum):
+    density, confidence = "density", "confidence"
+
+
+def given_read_options(**opts) -> dict:
+    """The read options typed on the command line (None = not given)."""
+    return {k: (tuple(v) if k == "clip" else v) for k, v in opts.items() if v is not None}
+
+
 @app.command()
 @clean_errors
 def fit(
-    data: str = typer.Argument(..., help="'digits', an MNIST idx folder, a MedMNIST .npz, or a .npy/.npz array"),
+    data: str = typer.Argument(..., help=DATA_HELP),
     clusters: Optional[str] = typer.Option(
         None, "--clusters", "-k", help="number of clusters K, or 'auto' to choose it after "
         "pretraining (default: n_clusters of --config)"),
@@ -96,28 +128,37 @@ def fit(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
     split: str = typer.Option("all", help="splits to use: train, val, test (comma-joined) or all"),
     sets: List[str] = typer.Option([], "--set", help="override one config key: --set gamma=0.2"),
-    method: Optional[str] = typer.Option(
-        None, "--method", "-m", help=f"dvc (default) or a baseline: {', '.join(METHODS[1:])}"),
+    method: Optional[Method] = typer.Option(None, "--method", "-m",
+                                            help="dvc (default) or a baseline"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
-    size: int = typer.Option(64, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE"),
-    resize: str = typer.Option("pad", help="image folders/DICOM/NIfTI: 'pad' to square or 'crop' the centre"),
-    channels: int = typer.Option(1, help="image folders/DICOM/NIfTI: 1 (gray) or 3 (RGB)"),
-    folder_labels: bool = typer.Option(True, help="class subfolder names as known labels"),
-    axis: int = typer.Option(2, help="NIfTI: slice axis"),
-    slices: str = typer.Option("::", help="NIfTI: slices start:stop:step"),
-    clip: tuple[float, float] = typer.Option((0.5, 99.5), help="NIfTI: clip intensity percentiles"),
+    size: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE [default: 64]"),
+    resize: Optional[Resize] = typer.Option(None, help="image folders/DICOM/NIfTI: pad to square or crop the centre [default: pad]"),
+    channels: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: 1 (gray) or 3 (RGB) [default: 1]"),
+    folder_labels: Optional[bool] = typer.Option(None, help="class subfolder names as known labels [default: on]"),
+    axis: Optional[int] = typer.Option(None, help="NIfTI: slice axis [default: 2]"),
+    slices: Optional[str] = typer.Option(None, help="NIfTI: slices start:stop:step [default: ::]"),
+    clip: Optional[tuple[float, float]] = typer.Option(None, help="NIfTI: clip intensity percentiles [default: 0.5 99.5]"),
     store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
     workers: Optional[int] = typer.Option(None, help="processes for preprocessing (default: all cores)"),
 ):
     """Train DVC (or a baseline, --method) on DATA; write labels, model, config, history and
     metrics into --out."""
-    source = DataSource(data, split, ReadOptions(size, resize, channels, folder_labels, axis,
-                                                 slices, tuple(clip)), store)
+    given = given_read_options(size=size, resize=resize.value if resize else None,
+                               channels=channels, folder_labels=folder_labels, axis=axis,
+                               slices=slices, clip=clip)
+    source = DataSource(data, split, ReadOptions(**given), store)
     if resume and (out / "config.yaml").exists():
         # a resumed run reads its data exactly as it did before the interruption
         recorded = run_source(out)
         if recorded.path == source.path:
+            old = recorded.options.to_dict()
+            changed = {k: v for k, v in ReadOptions(**{**old, **given}).to_dict().items()
+                       if v != old[k]}
+            if changed:
+                raise DVClustError(f"{out}: cannot resume with different read options ("
+                                   + ", ".join(f"{k}: {old[k]!r} -> {v!r}" for k, v in changed.items())
+                                   + "); drop them, or start a new --out")
             source = recorded
     if resume and config is None and (out / "config.yaml").exists():
         cfg, _ = read_run_config(out)
@@ -134,7 +175,7 @@ def fit(
     if seed is not None:
         changes["seed"] = seed
     if method is not None:
-        changes["method"] = method
+        changes["method"] = method.value
     cfg = cfg.replace(**changes)
     t0 = time.time()
     dataset = source.load(workers, verbose=not quiet)
@@ -170,11 +211,12 @@ def predict(
                                        help="CSV to write (default RUN_DIR/predictions.csv)"),
     split: str = typer.Option("all", help="splits to use, as in fit"),
     device: Optional[str] = typer.Option(None, help="device for inference (default: the run's)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Label new images with a trained run: cluster, confidence and outlier score per image."""
     model = load_run(run_dir, device)
     # the run's own preprocessing, so that new images look like the ones it was trained on
-    dataset = run_source(run_dir).with_data(data, split).load(verbose=True)
+    dataset = run_source(run_dir).with_data(data, split).load(verbose=not quiet)
     out = out or run_dir / "predictions.csv"
     if dataset.skipped:  # listed whether the store was built now or reused
         from .io import write_csv_atomic
@@ -217,7 +259,7 @@ def evaluate(
     # other data's figures never replace the run's own metrics.json (the report reads it)
     own = data is None or source.path == run_source(run_dir).path
     out = out or run_dir / ("metrics.json" if own else f"metrics_{safe_folder(Path(data).stem)}.json")
-    m = write_metrics(out, dataset.labels, model.predict(dataset))
+    m = write_metrics(out, dataset.labels, model.predict(dataset), dataset.class_names)
     typer.echo(json.dumps({k: m[k] for k in ("acc", "nmi", "ari", "per_class_recall")}, indent=2))
     typer.echo(f"written to {out}")
 
@@ -263,13 +305,13 @@ def typical(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
     per_cluster: int = typer.Option(5, "--per-cluster", "-m", help="images per cluster"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV (default RUN_DIR/typical.csv)"),
-    by: str = typer.Option("density", "--by", help="density (TypiClust: densest in latent space) "
-                           "or confidence (highest q)"),
+    by: By = typer.Option(By.density, "--by", help="density (TypiClust: densest in latent space) "
+                          "or confidence (highest q)"),
 ):
     """The images to look at to name each cluster: cluster,rank,index,source (largest cluster first)."""
     from .labelling import write_typical
 
-    path = write_typical(run_dir, per_cluster, out, by)
+    path = write_typical(run_dir, per_cluster, out, by.value)
     typer.echo(f"typical images -> {path}")
 
 
@@ -306,34 +348,45 @@ def labels(
 @clean_errors
 def export(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
-    format: str = typer.Option("csv", "--format", "-f", help="csv, labelstudio or folders"),
+    format: Format = typer.Option(Format.csv, "--format", "-f", help="what to write"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default RUN_DIR/export)"),
     copy: bool = typer.Option(False, help="folders: copy files instead of linking them"),
     document_root: str = typer.Option("/", help="labelstudio: its LOCAL_FILES_DOCUMENT_ROOT"),
 ):
     """Export labels with cluster names: CSV, Label Studio tasks, or a folder per cluster."""
-    path = curate.export(run_dir, format, out, copy, document_root)
-    typer.echo(f"exported ({format}) -> {path}")
+    path = curate.export(run_dir, format.value, out, copy, document_root)
+    typer.echo(f"exported ({format.value}) -> {path}")
 
 
 @app.command("suggest-k")
 @clean_errors
 def suggest_k(
-    data: str = typer.Argument(..., help="images, as for fit"),
+    data: str = typer.Argument(..., help=DATA_HELP),
     out: Path = typer.Option(Path("suggest_k"), "--out", "-o", help="folder for the curves and CSV"),
     k_min: int = typer.Option(2, help="smallest K"),
     k_max: int = typer.Option(15, help="largest K"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
     sets: List[str] = typer.Option([], "--set", help="override one config key"),
-    size: int = typer.Option(64, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    split: str = typer.Option("all", help="splits to use, as in fit"),
+    size: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE [default: 64]"),
+    resize: Optional[Resize] = typer.Option(None, help="pad to square or crop the centre [default: pad]"),
+    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB) [default: 1]"),
+    axis: Optional[int] = typer.Option(None, help="NIfTI: slice axis [default: 2]"),
+    slices: Optional[str] = typer.Option(None, help="NIfTI: slices start:stop:step [default: ::]"),
+    clip: Optional[tuple[float, float]] = typer.Option(None, help="NIfTI: clip percentiles [default: 0.5 99.5]"),
+    store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Suggest K: pretrain, then score k-means on the latent means for each K in a range."""
     from .choose_k import describe, sweep_k, write_sweep
     from .estimators import pretrain_only
 
-    cfg = (Config.from_yaml(config) if config else Config()).replace(n_clusters=k_min, **parse_sets(sets))
-    dataset = DataSource(data, "all", ReadOptions(size=size)).load(verbose=not quiet)
+    cfg = (Config.from_yaml(config) if config else Config()).replace(
+        n_clusters=k_min, **parse_sets(sets), **({} if seed is None else {"seed": seed}))
+    opts = ReadOptions(**given_read_options(size=size, resize=resize.value if resize else None,
+                                            channels=channels, axis=axis, slices=slices, clip=clip))
+    dataset = DataSource(data, split, opts, store).load(verbose=not quiet)
     model = pretrain_only(dataset, cfg, verbose=not quiet)
     res = sweep_k(model.transform(dataset), k_min, k_max, seed=cfg.seed)
     svg, table = write_sweep(out, res)
@@ -345,12 +398,14 @@ def suggest_k(
 @clean_errors
 def pick(
     run_dirs: List[Path] = typer.Argument(..., help="finished runs on the same data (seeds or configs)"),
-    rule: str = typer.Option("silhouette", help="silhouette (on each run's latent means), consensus "
-                             "(agreement with the other runs) or balance (evenest cluster sizes)"),
+    rule: Rule = typer.Option(Rule.silhouette, help="silhouette (on each run's latent means), "
+                              "consensus (agreement with the other runs) or balance (evenest "
+                              "cluster sizes)"),
 ):
     """Choose among runs without labels (docs/DECISIONS.md, "dvclust pick", measures each rule)."""
     from .select import STABLE_AGREEMENT, agreement, pick as best, score_runs
 
+    rule = rule.value
     scores, labels = score_runs(run_dirs, rule)
     i = best(scores)
     for j, (r, sc) in enumerate(zip(run_dirs, scores)):

@@ -106,9 +106,10 @@ def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> No
     if "self_label" in pred:  # predict, on a run with names: the label the run gives each image
         header += ["self_label", "how"]
         cols += [pred["self_label"], pred["how"]]
-    if data.labels is not None:
+    if data.labels is not None:  # known classes, by name where the data has names (folders)
         header.append("label")
-        cols.append(data.labels)
+        cols.append(np.asarray(data.class_names, dtype=object)[data.labels]
+                    if data.class_names else data.labels)
     write_csv_atomic(path, header, zip(*cols))
 
 
@@ -135,8 +136,12 @@ def write_latents(run_dir: Path, z: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(z, dtype=np.float32))
 
 
-def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray) -> dict:
+def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray,
+                  class_names: list[str] | None = None) -> dict:
+    """ACC/NMI/ARI and per-class recall, the classes by name where the data has names."""
     m = metrics.evaluate(y, labels)
+    if class_names:
+        m["per_class_recall"] = {class_names[int(k)]: v for k, v in m["per_class_recall"].items()}
     write_json_atomic(path, m)
     return m
 
@@ -183,7 +188,8 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
             if data.skipped:
                 write_csv_atomic(run_dir / "skipped.csv", ["source", "reason"], data.skipped)
             if data.labels is not None:
-                m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"])
+                m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"],
+                                  data.class_names)
     return FitResult(model, m, dist.is_main)
 
 

@@ -94,13 +94,16 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
 
     # metrics and confusion matrix, when labels are known
     mpath = run_dir / "metrics.json"
+    if "label" in lab:  # class names (folders) as they are, class numbers as numbers
+        known = lab["label"]
+        lab["label"] = known.astype(int) if all(v.lstrip("-").isdigit() for v in known) else known
     if mpath.exists() and "label" in lab:
         m = json.loads(mpath.read_text())
         parts.append("<h2>Against the known labels</h2>" + _table(
             [[f"{m['acc']:.4f}", f"{m['nmi']:.4f}", f"{m['ari']:.4f}",
               ", ".join(f"{c}: {v:.2f}" for c, v in m["per_class_recall"].items())]],
             ["ACC", "NMI", "ARI", "per-class recall (under the ACC matching)"]))
-        parts.append(_confusion(lab["label"].astype(int), clusters, names))
+        parts.append(_confusion(lab["label"], clusters, names))
 
     parts.append("<h2>Clusters</h2>" + svg.bars(sizes.tolist(), [cluster_name(names, j) for j in range(k)],
                                                 "images per cluster"))
@@ -136,7 +139,9 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
     maps = svg.scatter(xy, clusters[pick], {j: cluster_name(names, j) for j in range(k)},
                        f"latent means ({how}), by cluster")
     if "label" in lab:
-        maps += svg.scatter(xy, lab["label"].astype(int)[pick], {}, f"latent means ({how}), by known label")
+        classes, codes = np.unique(lab["label"], return_inverse=True)
+        maps += svg.scatter(xy, codes[pick], {i: str(c) for i, c in enumerate(classes)},
+                            f"latent means ({how}), by known label")
     parts.append(f"<h2>Latent space</h2><p>{len(pick):,} sampled images.</p>{maps}")
 
     # reconstructions (the pixel baselines have no decoder)
