@@ -187,3 +187,33 @@ def test_simulated_annotator_gives_the_hand_computed_accuracy(blob_run):
     s = bl.scores(np.array(["a", "a", "b", "b"]), ["a", "b", "b", "b"])
     assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.75
     assert s["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def test_label_studio_tasks_config_and_import_back(blob_run, tmp_path):
+    """The tasks, the shipped labeling config and an export read back as corrections. (A round
+    trip through a real Label Studio server is still to be tested; issue 17, item 16.)"""
+    import xml.etree.ElementTree as ET
+
+    _reset(blob_run)
+    set_names(blob_run, ["0=a", "1=b"])
+    tasks = json.loads(export(blob_run, "labelstudio", tmp_path / "ls").read_text())
+    cfg = ET.fromstring((tmp_path / "ls" / "label_config.xml").read_text())
+    choices = cfg.find("Choices")
+    r = tasks[0]["predictions"][0]["result"][0]
+    assert cfg.find("Image").get("name") == r["to_name"] and choices.get("name") == r["from_name"]
+    assert {c.get("value") for c in choices} >= {t["predictions"][0]["result"][0]["value"]["choices"][0]
+                                                 for t in tasks}
+    # what Label Studio's JSON export holds for two reviewed tasks (one cancelled, one changed twice)
+    exported = [dict(tasks[0], annotations=[{"was_cancelled": True, "result": [
+                    {"from_name": "label", "to_name": "image", "type": "choices",
+                     "value": {"choices": ["nope"]}}]}]),
+                dict(tasks[5], annotations=[
+                    {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": ["b"]}}]},
+                    {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": ["checked"]}}]}]),
+                dict(tasks[6], annotations=[])]
+    (tmp_path / "export.json").write_text(json.dumps(exported))
+    assert "1 annotated image(s)" in cli("import-labels", blob_run, tmp_path / "export.json")
+    assert read_corrections(blob_run) == {5: "checked"}
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    r = CliRunner().invoke(app, ["import-labels", str(blob_run), str(tmp_path / "bad.json")])
+    assert r.exit_code == 2 and "expected a list of tasks" in r.stderr

@@ -358,6 +358,17 @@ def export(
     typer.echo(f"exported ({format.value}) -> {path}")
 
 
+@app.command("import-labels")
+@clean_errors
+def import_labels(
+    run_dir: Path = typer.Argument(..., help="the run whose Label Studio tasks were reviewed"),
+    export_json: Path = typer.Argument(..., help="Label Studio's JSON export of the project"),
+):
+    """Turn reviewed Label Studio tasks into per-image corrections (then run `dvclust labels`)."""
+    n = curate.import_labelstudio(run_dir, export_json)
+    typer.echo(f"{n} annotated image(s) -> {run_dir / 'corrections.csv'}")
+
+
 @app.command("suggest-k")
 @clean_errors
 def suggest_k(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DVClustError
-from .io import atomic_file, write_csv_atomic
+from .io import atomic_file, write_csv_atomic, write_text_atomic
 from .labelling import cluster_name, load_names, safe_folder, self_labels
 from .rundir import read_labels, run_source
 
@@ -148,6 +149,12 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
                                                      "value": {"choices": [name]}}]}]}
                 f.write(("," if i else "") + "\n" + json.dumps(task))
             f.write("\n]\n")
+        # the labeling config whose names (label, image) the tasks' predictions use
+        choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(set(shown)))
+        write_text_atomic(_inside(out, out / "label_config.xml"),
+                          '<View>\n  <Image name="image" value="$image"/>\n'
+                          '  <Choices name="label" toName="image" choice="single" showInline="true">'
+                          f"{choices}\n  </Choices>\n</View>\n")
         return path
     tree = out / "folders"
     for i, (p, name) in enumerate(zip(files, shown)):
@@ -163,3 +170,29 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         else:
             os.symlink(p.resolve(), target)
     return tree
+
+
+def import_labelstudio(run_dir: Path, export_json: Path) -> int:
+    """Label Studio's JSON export of reviewed tasks -> per-image corrections: each task's latest
+    annotation that was not cancelled gives its image (task data `source`) the chosen label."""
+    from .labelling import add_corrections
+
+    try:
+        tasks = json.loads(Path(export_json).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DVClustError(f"{export_json}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DVClustError(f"{export_json}: not a Label Studio JSON export ({e})") from None
+    if not isinstance(tasks, list):
+        raise DVClustError(f"{export_json}: expected a list of tasks (Label Studio's JSON export)")
+    rows = []
+    for t in tasks:
+        if not isinstance(t, dict) or "source" not in (t.get("data") or {}):
+            raise DVClustError(f"{export_json}: task {t.get('id') if isinstance(t, dict) else t!r} "
+                               "has no data.source; export the tasks dvclust wrote")
+        done = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
+        choices = [r["value"]["choices"][0] for r in (done[-1]["result"] if done else [])
+                   if r.get("type") == "choices" and r.get("value", {}).get("choices")]
+        if choices:
+            rows.append({"source": t["data"]["source"], "label": choices[0]})
+    return add_corrections(run_dir, rows, str(export_json))
