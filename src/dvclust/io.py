@@ -65,8 +65,12 @@ def file_lock(path: str | Path, wait: bool = True, busy: str | None = None):
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except OSError as e:
+        raise DVClustError(f"{path.parent}: cannot write output here ({e.strerror or e})") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
