@@ -78,22 +78,31 @@ def test_empty_and_all_bad_folders(tmp_path):
         load_dataset(bad, options=OPTS, store=tmp_path / "s2")
 
 
-def test_store_reuse_and_rebuild(messy_folder, tmp_path, capsys):
+def test_store_reuse_and_rebuild(messy_folder, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dvclust")  # progress goes through the dvclust logger
     store = tmp_path / "store"
     load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
-    assert "preprocessed 5 images" in capsys.readouterr().out
+    assert "preprocessed 5 images" in _taken(caplog)
     before = load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
-    assert "reusing" in capsys.readouterr().out
+    assert "reusing" in _taken(caplog)
     old_images = before.images[:]
     _png(messy_folder / "cats" / "a.png", np.full((20, 30), 255, np.uint8))  # rewritten: row 0 changes
     _png(messy_folder / "cats" / "new.png", np.zeros((9, 9), np.uint8))
     d = load_dataset(messy_folder, options=OPTS, store=store, verbose=True)
-    assert "stale (2 file(s) added, removed or changed): rebuilding" in capsys.readouterr().out
+    assert "stale (2 file(s) added, removed or changed): rebuilding" in _taken(caplog)
     assert len(d) == 6 and not np.array_equal(d.images[0], old_images[0])
     # A run that opened the store before the rebuild still reads the images it started with.
     assert len(before) == 5 and np.array_equal(before.images[:], old_images)
     load_dataset(messy_folder, options=ReadOptions(size=12), store=store, verbose=True)
-    assert "stale (options changed)" in capsys.readouterr().out
+    assert "stale (options changed)" in _taken(caplog)
+
+
+def _taken(caplog) -> str:
+    text = caplog.text
+    caplog.clear()
+    return text
 
 
 def test_parallel_build_matches_serial(tmp_path):

@@ -36,6 +36,9 @@ def _version(value: bool) -> None:
 def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                               help="print the version and exit")) -> None:
     """Deep Variational Clustering: label large image collections by clusters."""
+    from . import log
+
+    log.setup()
 
 
 def degenerate_warning(sizes: np.ndarray) -> str | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import log
 from ..errors import DVClustError
 from ..io import file_lock, write_csv_atomic, write_json_atomic
 from .images import ImageData
@@ -116,12 +117,12 @@ def _reuse_or_build(root, files, state, opts, store, workers, verbose) -> Path:
         if old.get("version") == STORE_VERSION and old.get("options") == opts.to_dict() \
                 and old.get("files") == state:
             if verbose:
-                print(f"reusing the preprocessed store {store} ({old['n']} images)")
+                log.info(f"reusing the preprocessed store {store} ({old['n']} images)")
             return store
         if verbose:
             why = "options changed" if old.get("options") != opts.to_dict() else \
                 f"{_n_changed(old.get('files', []), state)} file(s) added, removed or changed"
-            print(f"store {store} is stale ({why}): rebuilding all of it")
+            log.info(f"store {store} is stale ({why}): rebuilding all of it")
         manifest.unlink()
     _build(root, files, state, opts, store, workers, verbose)
     return store
@@ -161,7 +162,7 @@ def _build(root, files, state, opts, store, workers, verbose) -> None:
         "shape": [opts.channels, opts.size, opts.size], "class_names": classes,
         "n_skipped": len(skipped)})
     if verbose:
-        print(f"preprocessed {n} images from {len(files)} files into {store}"
+        log.info(f"preprocessed {n} images from {len(files)} files into {store}"
               + (f"; skipped {len(skipped)} unreadable file(s), listed in {store / 'skipped.csv'}"
                  if skipped else ""))
 

@@ -32,6 +32,7 @@ from ..cluster import kmeans_centers, size_prior
 from ..config import Config
 from ..data.augment import background_fraction, random_affine
 from ..data.dataset import ImageDataset, collate_batch, to_float
+from .. import log
 from ..errors import DVClustError
 from ..io import write_csv_atomic
 from ..runtime import autocast
@@ -115,7 +116,7 @@ class Context:
 
     def log(self, msg: str) -> None:
         if self.show:
-            tqdm.write(msg)
+            log.info(msg)
 
     def optimizer(self, params) -> torch.optim.Optimizer:
         opt = torch.optim.Adam(params, lr=self.cfg.lr)
