@@ -314,3 +314,20 @@ def test_choices_are_listed_in_help():
     assert "csv|labelstudio|folders" in help_of("export")
     assert "silhouette|consensus|balance" in help_of("pick")
     assert "--seed" in help_of("suggest-k") and "--quiet" in help_of("predict")
+
+
+def test_a_log_file_gets_plain_lines_not_bars(tmp_path):
+    """`dvclust fit ... > log 2>&1`: one plain line per epoch, no carriage returns or cursor moves."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-m", "dvclust", "fit", "digits", "-k", "3", "--out",
+                            str(tmp_path / "r"), "--set", "pretrain_epochs=2", "--set",
+                            "cluster_epochs=2", "--set", "kmeans_n_init=1"],
+                           stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    assert p.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text
+    assert "pretrain epoch 2/2: loss" in text and "cluster epoch 2/2: loss" in text
