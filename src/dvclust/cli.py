@@ -8,7 +8,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import numpy as np
 import typer
@@ -113,6 +113,25 @@ class By(str, Enum):
     density, confidence = "density", "confidence"
 
 
+# Options fit and suggest-k share, defined once (None: not given on the command line)
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with config keys")]
+SetsOpt = Annotated[List[str], typer.Option("--set", help="override one config key: --set gamma=0.2")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed (default 0)")]
+SplitOpt = Annotated[str, typer.Option(help="splits to use: train, val, test (comma-joined) or all")]
+SizeOpt = Annotated[Optional[int], typer.Option(
+    help="image folders/DICOM/NIfTI: resize to SIZE x SIZE [default: 64]")]
+ResizeOpt = Annotated[Optional[Resize], typer.Option(
+    help="image folders/DICOM/NIfTI: pad to square or crop the centre [default: pad]")]
+ChannelsOpt = Annotated[Optional[int], typer.Option(
+    help="image folders/DICOM/NIfTI: 1 (gray) or 3 (RGB) [default: 1]")]
+AxisOpt = Annotated[Optional[int], typer.Option(help="NIfTI: slice axis [default: 2]")]
+SlicesOpt = Annotated[Optional[str], typer.Option(help="NIfTI: slices start:stop:step [default: ::]")]
+ClipOpt = Annotated[Optional[tuple[float, float]], typer.Option(
+    help="NIfTI: clip intensity percentiles [default: 0.5 99.5]")]
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    help="folder for the preprocessed store (default: cache)")]
+
+
 def given_read_options(**opts) -> dict:
     """The read options typed on the command line (None = not given)."""
     return {k: (tuple(v) if k == "clip" else v) for k, v in opts.items() if v is not None}
@@ -127,22 +146,22 @@ def fit(
         "pretraining (default: n_clusters of --config)"),
     k_range: tuple[int, int] = typer.Option((2, 15), help="with --clusters auto: the K range to sweep"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder for every output"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
-    split: str = typer.Option("all", help="splits to use: train, val, test (comma-joined) or all"),
-    sets: List[str] = typer.Option([], "--set", help="override one config key: --set gamma=0.2"),
+    config: ConfigOpt = None,
+    seed: SeedOpt = None,
+    split: SplitOpt = "all",
+    sets: SetsOpt = [],
     method: Optional[Method] = typer.Option(None, "--method", "-m",
                                             help="dvc (default) or a baseline"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
-    size: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE [default: 64]"),
-    resize: Optional[Resize] = typer.Option(None, help="image folders/DICOM/NIfTI: pad to square or crop the centre [default: pad]"),
-    channels: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: 1 (gray) or 3 (RGB) [default: 1]"),
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    channels: ChannelsOpt = None,
     folder_labels: Optional[bool] = typer.Option(None, help="class subfolder names as known labels [default: on]"),
-    axis: Optional[int] = typer.Option(None, help="NIfTI: slice axis [default: 2]"),
-    slices: Optional[str] = typer.Option(None, help="NIfTI: slices start:stop:step [default: ::]"),
-    clip: Optional[tuple[float, float]] = typer.Option(None, help="NIfTI: clip intensity percentiles [default: 0.5 99.5]"),
-    store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
+    axis: AxisOpt = None,
+    slices: SlicesOpt = None,
+    clip: ClipOpt = None,
+    store: StoreOpt = None,
     workers: Optional[int] = typer.Option(None, help="processes for preprocessing (default: all cores)"),
 ):
     """Train DVC (or a baseline, --method) on DATA; write labels, model, config, history and
@@ -379,17 +398,17 @@ def suggest_k(
     out: Path = typer.Option(Path("suggest_k"), "--out", "-o", help="folder for the curves and CSV"),
     k_min: int = typer.Option(2, help="smallest K"),
     k_max: int = typer.Option(15, help="largest K"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with config keys"),
-    sets: List[str] = typer.Option([], "--set", help="override one config key"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
-    split: str = typer.Option("all", help="splits to use, as in fit"),
-    size: Optional[int] = typer.Option(None, help="image folders/DICOM/NIfTI: resize to SIZE x SIZE [default: 64]"),
-    resize: Optional[Resize] = typer.Option(None, help="pad to square or crop the centre [default: pad]"),
-    channels: Optional[int] = typer.Option(None, help="1 (gray) or 3 (RGB) [default: 1]"),
-    axis: Optional[int] = typer.Option(None, help="NIfTI: slice axis [default: 2]"),
-    slices: Optional[str] = typer.Option(None, help="NIfTI: slices start:stop:step [default: ::]"),
-    clip: Optional[tuple[float, float]] = typer.Option(None, help="NIfTI: clip percentiles [default: 0.5 99.5]"),
-    store: Optional[Path] = typer.Option(None, help="folder for the preprocessed store (default: cache)"),
+    config: ConfigOpt = None,
+    sets: SetsOpt = [],
+    seed: SeedOpt = None,
+    split: SplitOpt = "all",
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    channels: ChannelsOpt = None,
+    axis: AxisOpt = None,
+    slices: SlicesOpt = None,
+    clip: ClipOpt = None,
+    store: StoreOpt = None,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Suggest K: pretrain, then score k-means on the latent means for each K in a range."""
