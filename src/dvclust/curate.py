@@ -31,7 +31,7 @@ def review_queue(run_dir: Path, n: int = 200) -> list[dict]:
     conf = lab["confidence"].astype(float)
     out = lab["outlier_score"].astype(float)
     if (Path(run_dir) / "names.json").exists() or (Path(run_dir) / "corrections.csv").exists():
-        s = self_labels(run_dir)
+        s = self_labels(run_dir, lab=lab)
         conf = np.where(s["how"] == "corrected", np.inf, s["confidence"])
         out = np.where(s["how"] == "corrected", -np.inf, out)
     reasons: dict[int, list[str]] = {}
@@ -113,7 +113,7 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
         raise DVClustError(f"--format {fmt!r}: use csv, labelstudio or folders")
     lab = read_labels(run_dir)
     names = load_names(run_dir)
-    s = self_labels(run_dir)
+    s = self_labels(run_dir, lab=lab)
     out = (out or run_dir / "export").resolve()
     out.mkdir(parents=True, exist_ok=True)
     clusters = s["cluster"]

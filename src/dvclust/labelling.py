@@ -309,13 +309,14 @@ def _soft_assignments(run_dir: Path, z: np.ndarray, rows: np.ndarray) -> np.ndar
     return out
 
 
-def self_labels(run_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
+def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[str, np.ndarray]:
     """One label per image from the names, the corrections and propagation (see the module
-    docstring for `how` and `confidence`)."""
+    docstring for `how` and `confidence`). `lab`: the run's labels.csv, when the caller has read
+    it already (10^6 rows take seconds to parse)."""
     from .rundir import read_labels
 
     run_dir = Path(run_dir)
-    lab = read_labels(run_dir)
+    lab = read_labels(run_dir) if lab is None else lab
     clusters = lab["cluster"].astype(int)
     n = len(clusters)
     names = load_names(run_dir)
@@ -325,10 +326,10 @@ def self_labels(run_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
     conf = np.zeros(n)
     by_cluster = np.array([names.of(c) or "" for c in range(_n_clusters(run_dir))], dtype=object)
     named = by_cluster[clusters] != ""
+    z = latents(run_dir) if named.any() or corrections else None
     if named.any():
         rows = np.flatnonzero(named)
         label[rows], how[rows] = by_cluster[clusters[rows]], "cluster"
-        z = latents(run_dir)
         q = _soft_assignments(run_dir, z, rows)
         # q summed over the clusters that share the image's label: how sure it is of the label
         same = by_cluster[None, :] == label[rows][:, None]
@@ -340,7 +341,6 @@ def self_labels(run_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
     known = np.flatnonzero(how != "none")
     rest = np.flatnonzero(how == "none")
     if len(known) and len(rest):
-        z = latents(run_dir)
         label[rest], conf[rest] = propagate(z, known, label[known], rest, seed)
         how[rest] = "propagated"
     return {"index": np.arange(n), "source": lab["source"], "cluster": clusters, "label": label,
