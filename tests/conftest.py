@@ -14,6 +14,17 @@ def shared(rel: str) -> Path:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _fresh_logger():
+    """Each test starts with the dvclust logger as a library user finds it: the CLI's setup() in one
+    test (plain lines, no propagation) must not hide later tests' messages from caplog."""
+    from dvclust.log import logger
+
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 @pytest.fixture
 def blobs():
     """Three easy clusters of 16x16 gray images: a bright square in one of three places."""
