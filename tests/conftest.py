@@ -16,13 +16,16 @@ def shared(rel: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_logger():
-    """Each test starts with the dvclust logger as a library user finds it: the CLI's setup() in one
-    test (plain lines, no propagation) must not hide later tests' messages from caplog."""
+    """Each test starts with the dvclust logger as a library user finds it: the CLI's setup() in a
+    test or a module fixture (plain lines, no propagation) must not hide messages from caplog."""
+    import logging
+
     from dvclust.log import logger
 
-    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

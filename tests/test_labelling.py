@@ -108,6 +108,10 @@ def test_many_to_one_names_round_trip_into_every_export(blob_run, tmp_path):
     tree = export(blob_run, "folders", tmp_path / "tree")
     counts = {d.name: len(list(d.iterdir())) for d in tree.iterdir()}
     assert counts == {"viral pneumonia (bacterial_)": 60, "normal": 30}  # safe folder names
+    set_names(blob_run, ["0=all", "1=all", "2=all"])  # exported again: nothing left behind
+    tree = export(blob_run, "folders", tmp_path / "tree")
+    assert {d.name: len(list(d.iterdir())) for d in tree.iterdir()} == {"all": 90}
+    assert sorted(p.name for p in tree.parent.iterdir()) == ["folders"]
 
 
 def test_a_correction_overrides_the_name_and_survives_a_second_labels_run(blob_run, tmp_path):

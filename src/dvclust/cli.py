@@ -391,6 +391,20 @@ def import_labels(
     typer.echo(f"{n} annotated image(s) -> {run_dir / 'corrections.csv'}")
 
 
+@app.command()
+@clean_errors
+def serve(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; another than this machine's "
+                             "own needs the token printed at start"),
+    port: int = typer.Option(8765, help="port to listen on"),
+):
+    """The review app in a browser: name, merge (one name for several clusters) and correct."""
+    from .serve import serve as run_server
+
+    run_server(run_dir, host, port)
+
+
 @app.command("suggest-k")
 @clean_errors
 def suggest_k(

@@ -156,19 +156,30 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
                           '  <Choices name="label" toName="image" choice="single" showInline="true">'
                           f"{choices}\n  </Choices>\n</View>\n")
         return path
+    # built beside the old tree and swapped in whole: an image whose label changed since the last
+    # export must not stay behind in its old folder, and an interrupted export leaves the old one
     tree = out / "folders"
+    new = out / "folders.partial"
+    shutil.rmtree(new, ignore_errors=True)
     for i, (p, name) in enumerate(zip(files, shown)):
         if p is None:
-            _write_png(data, i, _inside(out, tree / safe_folder(name) / f"{i:08d}.png"))
+            _write_png(data, i, _inside(out, new / safe_folder(name) / f"{i:08d}.png"))
             continue
-        target = _inside(out, tree / safe_folder(name) / f"{i:08d}_{p.name}")
+        target = _inside(out, new / safe_folder(name) / f"{i:08d}_{p.name}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() or target.is_symlink():
-            target.unlink()
         if copy:
             shutil.copyfile(p, target)
         else:
             os.symlink(p.resolve(), target)
+    new.mkdir(exist_ok=True)
+    if tree.exists():
+        old = out / "folders.old"
+        shutil.rmtree(old, ignore_errors=True)
+        tree.rename(old)
+        new.rename(tree)
+        shutil.rmtree(old)
+    else:
+        new.rename(tree)
     return tree
 
 

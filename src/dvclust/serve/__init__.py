@@ -1,0 +1,386 @@
+"""`dvclust serve RUN`: the review app, a local web page over one run folder, to name clusters
+(several may share a name), mark them mixed, move images to another name, exclude them, and undo.
+
+Every action goes through the files the CLI reads and writes (names.json, corrections.csv, via
+labelling), so `dvclust labels` and the exports give what the app shows. The page is plain
+HTML/JS shipped in the package (static/); the JSON API behind it is under /api (README, "Review
+app"). Images are addressed by their row in labels.csv, never by a path from the URL, and are
+served from the run's own data: nothing else on the disk can be read through the app.
+"""
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import labelling
+from ..curate import _within, export, review_queue
+from ..errors import DVClustError
+from ..io import write_text_atomic
+from ..labelling import HOW, load_names, read_corrections, set_names, add_corrections, \
+    write_self_labels
+from ..rundir import read_labels, read_run_config, run_source
+
+STATIC = Path(__file__).parent / "static"
+EXCLUDED = "excluded"           # the label `exclude` gives: a correction like any other
+MAX_BODY = 1 << 20              # bytes of JSON a request may send
+PAGE_LIMIT = 500                # images one gallery request may ask for
+TYPICAL_STRIP = 8
+UNDO_DEPTH = 100
+BROWSER_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                 ".gif": "image/gif", ".bmp": "image/bmp", ".webp": "image/webp"}
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ReviewRun:
+    """One run as the app sees it: labels.csv read once, the galleries' order computed once,
+    names and corrections read from their files on every request (the CLI may change them too)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.lab = read_labels(self.run_dir)
+        self.k = read_run_config(self.run_dir)[0].n_clusters
+        self.n = len(self.lab["cluster"])
+        self.source = run_source(self.run_dir)
+        self.data = self.source.load(verbose=False)
+        if len(self.data) != self.n:
+            raise DVClustError(f"{self.run_dir}: labels.csv has {self.n} rows but the data "
+                               f"({self.source.path}) now holds {len(self.data)} images")
+        self.clusters = self.lab["cluster"].astype(int)
+        self.conf = self.lab["confidence"].astype(float)
+        self.outlier = self.lab["outlier_score"].astype(float)
+        self.sizes = np.bincount(self.clusters, minlength=self.k)
+        self.mean_conf = np.bincount(self.clusters, self.conf, self.k) / np.maximum(self.sizes, 1)
+        # Galleries: the cluster's typical images first, then the rest, most confident first.
+        self.typical = {c: [] for c in range(self.k)}
+        for row in labelling.typical(self.run_dir, TYPICAL_STRIP):
+            self.typical[row["cluster"]].append(row["index"])
+        order = np.lexsort((-self.conf, self.clusters))
+        self.starts = np.searchsorted(self.clusters[order], np.arange(self.k + 1))
+        first = np.zeros(self.n, bool)
+        for c, idx in self.typical.items():
+            first[idx] = True
+        for c in range(self.k):
+            part = order[self.starts[c]:self.starts[c + 1]]
+            order[self.starts[c]:self.starts[c + 1]] = np.concatenate([
+                np.asarray(self.typical[c], dtype=order.dtype), part[~first[part]]])
+        self.order = order
+        self.lock = threading.Lock()
+        self.undo: list[tuple[str, dict[str, bytes | None]]] = []
+        self._review: tuple[tuple, list[dict]] | None = None
+
+    # ---- reading --------------------------------------------------------------------------------
+    def cluster_id(self, text) -> int:
+        try:
+            c = int(text)
+        except (TypeError, ValueError):
+            raise ApiError(400, f"cluster {text!r} is not a cluster id") from None
+        if not 0 <= c < self.k:
+            raise ApiError(404, f"unknown cluster {c}; this run has clusters 0..{self.k - 1}")
+        return c
+
+    def image_id(self, text) -> int:
+        t = str(text)
+        if not t.isdigit() or int(t) >= self.n:
+            raise ApiError(404, f"no image {t!r} in this run (images are 0..{self.n - 1})")
+        return int(t)
+
+    def clusters_doc(self) -> dict:
+        names = load_names(self.run_dir)
+        return {"n": self.n, "k": self.k, "names_in_use": self.names_in_use(names),
+                "clusters": [{"id": c, "name": names.names.get(c), "mixed": c in names.mixed,
+                              "size": int(self.sizes[c]),
+                              "confidence": round(float(self.mean_conf[c]), 4),
+                              "typical": self.typical[c]} for c in range(self.k)]}
+
+    def names_in_use(self, names=None) -> list[str]:
+        names = names or load_names(self.run_dir)
+        return sorted(set(names.names.values()) | set(read_corrections(self.run_dir).values()))
+
+    def image_rows(self, idx) -> list[dict]:
+        names, corrections = load_names(self.run_dir), read_corrections(self.run_dir)
+        rows = []
+        for i in map(int, idx):
+            c = int(self.clusters[i])
+            label, how = (corrections[i], "corrected") if i in corrections else (names.of(c), "cluster")
+            rows.append({"index": i, "source": str(self.lab["source"][i]), "cluster": c,
+                         "confidence": round(float(self.conf[i]), 4),
+                         "outlier_score": round(float(self.outlier[i]), 4),
+                         "label": label or "", "how": how if label else "none"})
+        return rows
+
+    def gallery(self, c: int, offset: int, limit: int) -> dict:
+        part = self.order[self.starts[c]:self.starts[c + 1]]
+        return {"cluster": c, "total": len(part), "offset": offset,
+                "images": self.image_rows(part[offset:offset + limit])}
+
+    def review(self, offset: int, limit: int) -> dict:
+        key = tuple(_mtime(self.run_dir / f) for f in ("names.json", "corrections.csv"))
+        if self._review is None or self._review[0] != key:
+            self._review = key, review_queue(self.run_dir, 200)
+        rows = self._review[1]
+        out = self.image_rows([r["index"] for r in rows[offset:offset + limit]])
+        for r, q in zip(out, rows[offset:offset + limit]):
+            r["reason"] = q["reason"]
+        return {"total": len(rows), "offset": offset, "images": out}
+
+    def summary(self) -> dict:
+        """How many images are labelled which way, as `dvclust labels` would count them,
+        without running the propagation (every image left is propagated once one is labelled)."""
+        names, corrections = load_names(self.run_dir), read_corrections(self.run_dir)
+        named = np.array([names.of(c) is not None for c in range(self.k)])[self.clusters]
+        corrected = np.zeros(self.n, bool)
+        corrected[list(corrections)] = True
+        counts = {"corrected": int(corrected.sum()), "cluster": int((named & ~corrected).sum())}
+        rest = self.n - counts["corrected"] - counts["cluster"]
+        known = counts["corrected"] + counts["cluster"] > 0
+        counts.update(propagated=rest if known else 0, none=0 if known else rest)
+        return {"n": self.n, **{h: counts[h] for h in HOW}}
+
+    def thumbnail(self, i: int) -> bytes:
+        arr = np.asarray(self.data.images[i])
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
+        img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    def original(self, i: int) -> Path | None:
+        """The image's own file, where the run read one whole browser-viewable file per image."""
+        if self.data.items is None or self.data.items[i]:
+            return None
+        root = Path(self.source.path)
+        path = _within(root if root.is_dir() else root.parent, str(self.lab["source"][i]))
+        return path if path.suffix.lower() in BROWSER_TYPES and path.is_file() else None
+
+    # ---- writing --------------------------------------------------------------------------------
+    def act(self, what: str, fn) -> dict:
+        """Run one action that writes names.json / corrections.csv, remembering the files as they
+        were so that `undo` can put them back."""
+        with self.lock:
+            before = {f: _read(self.run_dir / f) for f in ("names.json", "corrections.csv")}
+            fn()
+            self.undo = (self.undo + [(what, before)])[-UNDO_DEPTH:]
+            return {"done": what, "undo": len(self.undo)}
+
+    def undo_last(self) -> dict:
+        with self.lock:
+            if not self.undo:
+                raise ApiError(409, "nothing to undo")
+            what, before = self.undo.pop()
+            for f, content in before.items():
+                path = self.run_dir / f
+                if content is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_text_atomic(path, content.decode("utf-8"))
+            return {"undone": what, "undo": len(self.undo)}
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+# ---- the HTTP side ------------------------------------------------------------------------------
+async def _body(request: Request) -> dict:
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+        raise ApiError(413, f"request body over {MAX_BODY} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body over {MAX_BODY} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "the request body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return doc
+
+
+def _int_param(request: Request, key: str, default: int, hi: int) -> int:
+    v = request.query_params.get(key, str(default))
+    if not v.isdigit() or int(v) > hi:
+        raise ApiError(400, f"{key}={v!r}: expected an integer 0..{hi}")
+    return int(v)
+
+
+def _string(doc: dict, key: str, allow_empty: bool = False) -> str:
+    v = doc.get(key)
+    if not isinstance(v, str) or (not allow_empty and not v.strip()):
+        raise ApiError(400, f"'{key}' must be a{'' if allow_empty else ' non-empty'} string")
+    return v
+
+
+def make_app(run_dir: Path, token: str | None = None) -> Starlette:
+    """The app over one run folder; with `token`, every request must carry it (?token= once,
+    then a cookie)."""
+    run = ReviewRun(run_dir)
+
+    async def clusters(request):
+        return JSONResponse(run.clusters_doc())
+
+    async def cluster_images(request):
+        c = run.cluster_id(request.path_params["cid"])
+        return JSONResponse(run.gallery(c, _int_param(request, "offset", 0, run.n),
+                                        _int_param(request, "limit", 100, PAGE_LIMIT)))
+
+    async def review(request):
+        return JSONResponse(run.review(_int_param(request, "offset", 0, run.n),
+                                       _int_param(request, "limit", 100, PAGE_LIMIT)))
+
+    async def summary(request):
+        return JSONResponse(run.summary())
+
+    async def thumb(request):
+        i = run.image_id(request.path_params["image"])
+        return Response(run.thumbnail(i), media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    async def full(request):
+        i = run.image_id(request.path_params["image"])
+        path = run.original(i)
+        if path is None:
+            return Response(run.thumbnail(i), media_type="image/png")
+        return FileResponse(path, media_type=BROWSER_TYPES[path.suffix.lower()])
+
+    async def names(request):
+        doc = await _body(request)
+        c = run.cluster_id(doc.get("cluster"))
+        if "mixed" in doc:
+            if not isinstance(doc["mixed"], bool):
+                raise ApiError(400, "'mixed' must be true or false")
+            mixed = doc["mixed"]
+            return JSONResponse(run.act(
+                f"cluster {c} {'marked' if mixed else 'no longer'} mixed",
+                lambda: set_names(run.run_dir, mixed=[c] if mixed else [],
+                                  unmixed=[] if mixed else [c])))
+        name = _string(doc, "name", allow_empty=True).strip()
+        if not name:
+            return JSONResponse(run.act(f"cluster {c} unnamed",
+                                        lambda: set_names(run.run_dir, unname=[c])))
+        labelling.check_name(name)
+        return JSONResponse(run.act(f"cluster {c} named {name!r}",
+                                    lambda: set_names(run.run_dir, [f"{c}={name}"])))
+
+    async def corrections(request):
+        doc = await _body(request)
+        idx = doc.get("indices")
+        if not isinstance(idx, list) or not idx or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            raise ApiError(400, "'indices' must be a non-empty list of image numbers")
+        for i in idx:
+            run.image_id(i)
+        label = EXCLUDED if doc.get("exclude") is True else _string(doc, "label", True).strip()
+        if label:
+            labelling.check_name(label)
+        what = (f"{len(idx)} image(s) " + (f"moved to {label!r}" if label else "uncorrected"))
+        return JSONResponse(run.act(what, lambda: add_corrections(
+            run.run_dir, [{"index": i, "label": label} for i in idx], "request")))
+
+    async def undo(request):
+        return JSONResponse(run.undo_last())
+
+    async def write_labels(request):
+        doc = await _body(request)
+        fmt = doc.get("export")
+        if fmt not in (None, "csv", "labelstudio", "folders"):
+            raise ApiError(400, f"export {fmt!r}: use csv, labelstudio or folders")
+        with run.lock:
+            path, counts = write_self_labels(run.run_dir)
+            out = {"labels": str(path), "summary": {"n": run.n, **counts}}
+            if fmt:
+                out["export"] = str(export(run.run_dir, fmt))
+        return JSONResponse(out)
+
+    async def index(request):
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def api_error(request, exc: ApiError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    async def http_error(request, exc: HTTPException):  # no route, wrong method: JSON too
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    async def bad_input(request, exc: DVClustError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def internal(request, exc: Exception):  # a bug: say so, without a traceback
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    middleware = [Middleware(TokenCheck, token=token)] if token else []
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/api/clusters", clusters),
+        Route("/api/clusters/{cid}/images", cluster_images),
+        Route("/api/review", review),
+        Route("/api/summary", summary),
+        Route("/api/images/{image}/thumb", thumb),
+        Route("/api/images/{image}/full", full),
+        Route("/api/names", names, methods=["POST"]),
+        Route("/api/corrections", corrections, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/labels", write_labels, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ], middleware=middleware, exception_handlers={
+        ApiError: api_error, HTTPException: http_error, DVClustError: bad_input, Exception: internal})
+
+
+class TokenCheck(BaseHTTPMiddleware):
+    """A non-local server answers only requests that carry its token."""
+
+    def __init__(self, app, token: str):
+        super().__init__(app)
+        self.token = token
+
+    async def dispatch(self, request: Request, call_next):
+        given = request.query_params.get("token") or request.cookies.get("dvclust_token") \
+            or request.headers.get("x-dvclust-token")
+        if not given or not secrets.compare_digest(given, self.token):
+            return JSONResponse({"error": "this server needs its token: open the URL printed "
+                                 "where `dvclust serve` runs"}, status_code=403)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie("dvclust_token", self.token, httponly=True, samesite="strict")
+        return response
+
+
+def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Prepare the run, print its URL and serve until Ctrl-C."""
+    import uvicorn
+
+    from .. import log
+
+    token = None if host in LOCAL_HOSTS else secrets.token_urlsafe(16)
+    if token:
+        log.info(f"warning: serving on {host}, reachable from other machines; every request "
+                 "needs the token in the URL below")
+    log.info(f"preparing the review app for {run_dir} ...")
+    app = make_app(run_dir, token)
+    shown = f"[{host}]" if ":" in host else host
+    log.info(f"review app: http://{shown}:{port}/" + (f"?token={token}" if token else "")
+             + "  (Ctrl-C stops it)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
