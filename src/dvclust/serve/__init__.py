@@ -139,8 +139,8 @@ class ReviewRun:
             self._review = key, review_queue(self.run_dir, 200)
         rows = self._review[1]
         out = self.image_rows([r["index"] for r in rows[offset:offset + limit]])
-        for r, q in zip(out, rows[offset:offset + limit]):
-            r["reason"] = q["reason"]
+        for r, q in zip(out, rows[offset:offset + limit]):  # the confidence it was ranked by
+            r["reason"], r["confidence"] = q["reason"], round(q["confidence"], 4)
         return {"total": len(rows), "offset": offset, "images": out}
 
     def summary(self) -> dict:

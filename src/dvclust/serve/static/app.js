@@ -154,7 +154,8 @@ async function refresh() {
     if (m) {
       const c = state.clusters.clusters[+m[1]];
       if (!c) return status(`no cluster ${m[1]}`, true);
-      await renderGallery(`${clusterTitle(c)} (cluster ${c.id}): most typical first, least certain last`,
+      await renderGallery(`${c.name ? `${c.name} (cluster ${c.id})` : clusterTitle(c)}: ` +
+                          "most typical first, least certain last",
                           `clusters/${c.id}/images`, offset);
     } else if (route === "/review") {
       await renderGallery("Worth a look: the least certain labels and the most outlying images",
