@@ -111,3 +111,82 @@ def test_torchrun_pixel_baseline_is_refused_with_one_line(tmp_path):
     assert "method 'kmeans' trains no network and runs in one process" in p.stderr
     assert "/dvclust/" not in p.stderr  # no traceback through our code (torchrun prints its own)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def _blobs_npz(path, n=300):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
+    y = np.arange(n) % 3
+    for i in range(n):
+        r = 2 + 5 * y[i]
+        x[i, r:r + 4, r:r + 4] = 0.9
+    np.savez(path, images=x, labels=y)
+    return y
+
+
+def _two_nodes(data, out, port, *extra):
+    """Two torchrun "nodes" on this machine (separate agents, --nnodes 2, one process each),
+    meeting at a c10d rendezvous on 127.0.0.1 as the README's multi-node command does."""
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+               "1", "--rdzv-backend", "c10d", "--rdzv-id", "dvctest",
+               "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "dvclust", "fit",
+               str(data), "-k", "3", "--out", str(out), "-q", "--set", "pretrain_epochs=6",
+               "--set", "cluster_epochs=6", "--set", "batch_size=32", "--set", "kmeans_n_init=2",
+               "--set", "tol=0", *extra]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True,
+                                      env=dict(os.environ, OMP_NUM_THREADS="1")))
+    return procs
+
+
+def _finish(procs, timeout=300):
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, _errors(err)
+    return outs
+
+
+def _labels(run):
+    import csv
+    with open(run / "labels.csv") as f:
+        return [int(r["cluster"]) for r in csv.DictReader(f)]
+
+
+def _wait_for_epochs(run, n, procs, timeout=180):
+    import time
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = run / "history.csv"
+        if hist.exists() and len(hist.read_text().splitlines()) > n:
+            return
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("a node ended early: " + _errors(procs[0].communicate()[1]))
+        time.sleep(0.2)
+    raise AssertionError("no progress")
+
+
+def test_two_nodes_fit_and_resume_after_losing_a_node(tmp_path):
+    """Multi-node for real (issue 19): two torchrun agents, each its own node, fit end to end
+    with the quality of one process; then one node is killed mid-run and `--resume` on both
+    finishes it with the labels of the uninterrupted run."""
+    import signal
+
+    y = _blobs_npz(tmp_path / "b.npz")
+    _finish(_two_nodes(tmp_path / "b.npz", tmp_path / "whole", _free_port()))
+    whole = _labels(tmp_path / "whole")
+    assert metrics.acc(y, whole) > 0.9
+
+    procs = _two_nodes(tmp_path / "b.npz", tmp_path / "cut", _free_port())
+    _wait_for_epochs(tmp_path / "cut", 4, procs)  # into pretraining, checkpoints written
+    os.killpg(procs[1].pid, signal.SIGKILL)       # node 1 is lost: its agent and its worker
+    try:
+        procs[0].communicate(timeout=120)         # node 0's collectives fail; it ends
+    except subprocess.TimeoutExpired:
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        procs[0].communicate()
+    assert procs[0].returncode != 0 and not (tmp_path / "cut" / "labels.csv").exists()
+    _finish(_two_nodes(tmp_path / "b.npz", tmp_path / "cut", _free_port(), "--resume"))
+    assert _labels(tmp_path / "cut") == whole
+
