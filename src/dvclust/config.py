@@ -27,6 +27,9 @@ DEEP_METHODS = {
 }
 # Phase 3's minimum length under cluster_epochs="auto" (docs/DECISIONS.md, "cluster_epochs").
 CLUSTER_MIN_STEPS = 4000
+# base_channels: auto: the first block's width, narrower from NARROW_FROM_SIDE px a side on
+# (docs/DECISIONS.md, "base_channels").
+NARROW_FROM_SIDE = 48
 AUGMENT_MIN_SIDE = 16          # augment: auto (see the field's comment)
 AUGMENT_MIN_BACKGROUND = 0.5
 # k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
@@ -49,7 +52,9 @@ class Config:
     method: str = "dvc"              # one of METHODS; the others are baselines for comparison
     # --- model (DESIGN.md §1) -------------------------------------------------------------------
     latent_dim: int = 10
-    base_channels: int = 32          # width of the first conv block; doubles per block, capped at 256
+    # Width of the first conv block; doubles per block up to 8x. "auto": 32 below NARROW_FROM_SIDE
+    # px a side, 16 from there on (docs/DECISIONS.md, "base_channels").
+    base_channels: int | str = "auto"
     likelihood: str = "bernoulli"    # "bernoulli" (BCE with logits) or "gaussian" (MSE, unit variance)
     # --- optimisation --------------------------------------------------------------------------
     batch_size: int = 256
@@ -101,10 +106,13 @@ class Config:
             if not cond:
                 raise DVClustError(f"config: {key}={getattr(self, key)!r} is invalid: {what}")
 
-        for key in ("n_clusters", "latent_dim", "base_channels", "batch_size", "kmeans_n_init",
+        for key in ("n_clusters", "latent_dim", "batch_size", "kmeans_n_init",
                     "update_interval", "kmeans_max_samples"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  "expected an integer >= 1")
+        need(self.base_channels == "auto" or (isinstance(self.base_channels, int) and not
+             isinstance(self.base_channels, bool) and self.base_channels >= 1),
+             "base_channels", "expected an integer >= 1 or 'auto'")
         need(self.cluster_epochs == "auto" or (isinstance(self.cluster_epochs, int) and not
              isinstance(self.cluster_epochs, bool) and self.cluster_epochs >= 0),
              "cluster_epochs", "expected an integer >= 0 or 'auto'")
@@ -136,6 +144,12 @@ class Config:
     @property
     def recon_in_clustering(self) -> bool:
         return DEEP_METHODS.get(self.method, (False, False, False))[2]
+
+    def base_channels_for(self, shape: tuple[int, int, int]) -> int:
+        """The first block's width for images of `shape` (C, H, W)."""
+        if self.base_channels != "auto":
+            return self.base_channels
+        return 16 if min(shape[1:]) >= NARROW_FROM_SIDE else 32
 
     def cluster_epochs_for(self, steps_per_epoch: int) -> int:
         """The phase-3 epoch limit for a data set of `steps_per_epoch` optimiser steps."""

@@ -21,7 +21,7 @@ def block_sizes(h: int, w: int) -> list[tuple[int, int]]:
 
 
 def widths(n_blocks: int, base: int) -> list[int]:
-    return [min(base * 2**i, 256) for i in range(n_blocks)]
+    return [min(base * 2**i, 8 * base) for i in range(n_blocks)]
 
 
 class ConvEncoder(nn.Module):

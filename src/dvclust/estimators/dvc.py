@@ -52,7 +52,7 @@ class DVC(BaseClusterer):
     """
 
     def __init__(self, n_clusters: int = _D.n_clusters, *, method: str = _D.method,
-                 latent_dim: int = _D.latent_dim, base_channels: int = _D.base_channels,
+                 latent_dim: int = _D.latent_dim, base_channels: int | str = _D.base_channels,
                  likelihood: str = _D.likelihood, batch_size: int = _D.batch_size,
                  lr: float = _D.lr, beta: float = _D.beta, recon_reduction: str = _D.recon_reduction,
                  augment: bool | str = _D.augment, pretrain_epochs: int = _D.pretrain_epochs,

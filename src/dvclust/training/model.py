@@ -13,7 +13,7 @@ from ..nn import ConvVAE
 class DVCModel(nn.Module):
     def __init__(self, shape, cfg: Config):
         super().__init__()
-        self.vae = ConvVAE(shape, cfg.latent_dim, cfg.base_channels, variational=cfg.variational)
+        self.vae = ConvVAE(shape, cfg.latent_dim, cfg.base_channels_for(shape), variational=cfg.variational)
         self.head = ClusterHead(cfg.n_clusters, cfg.latent_dim, cfg.alpha)
 
     def forward(self, x: torch.Tensor, q_from: str = "mean"):
