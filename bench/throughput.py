@@ -1,7 +1,15 @@
-"""Training throughput of the DVC loop (images/s in each phase) on MNIST-70k or synthetic images.
+"""Training throughput of the DVC loop against the limit of its own network, in one run.
 
-    python bench/throughput.py --data mnist --epochs 3              # CPU, or the GPU if present
-    python bench/throughput.py --data synthetic --size 128 --n 20000 --epochs 2
+For each image size: a short DVC fit (the loop's img/s per phase, from its history, first epoch of
+each phase left out as warm-up), then a bare step of the same network on the same batches (forward,
+the same loss, backward, Adam step; no data loader, no targets, no bookkeeping), the analytic
+FLOPs per image of that step (torch's FlopCounterMode), and the fraction of the device's peak
+those imply. The peak is measured here as a large fp32 matmul (CPU) or bf16 matmul (CUDA), or
+given with --peak-tflops.
+
+    python bench/throughput.py --sizes 28 64 --n 4096 --epochs 3          # CPU
+    python bench/throughput.py --data mnist --sizes 28 --epochs 3          # MNIST-70k
+    python bench/throughput.py --sizes 28 64 128 --n 50000 --batch-size 1024   # a GPU
 
 Synthetic images are smooth random blobs (uint8): only the speed is meaningful on them.
 """
@@ -9,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
+import time
 
 import numpy as np
 import torch
 
 import harness
 from harness import DATASETS
+from results_md import write_block
 
 
 def synthetic(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -26,41 +35,137 @@ def synthetic(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear").to(torch.uint8).numpy()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="mnist", choices=["mnist", "synthetic"])
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--channels", type=int, default=1)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--precision", default="auto")
-    a = ap.parse_args()
-    from dvclust import DVC, load_dataset
+def peak_tflops(device: torch.device) -> float:
+    """What this device attains on a large matmul (fp32 on CPU, bf16 on CUDA), TFLOP/s."""
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    reps = 3 if device.type == "cpu" else 50
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
-    if a.data == "mnist":
-        images = load_dataset(DATASETS["mnist"][0]).images
-    else:
-        images = synthetic(a.n, a.size, a.channels)
-    model = DVC(10, pretrain_epochs=a.epochs, cluster_epochs=a.epochs, tol=0.0, patience=a.epochs + 1,
-                batch_size=a.batch_size, precision=a.precision).fit(images)
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tuple[float, float]:
+    """img/s of forward + loss + backward + Adam on the fitted network, batches already on the
+    device; and the FLOPs per image of one such step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dvclust.data.dataset import to_float
+    from dvclust.runtime import autocast
+    from dvclust.training.objectives import batch_loss, elbo_scale
+
+    device = next(model.parameters()).device
+    net = model.vae
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # the loop's memory format (phases.Context.channels_last), read off the second conv's weights
+    # (a first conv on 1 channel looks contiguous in both formats)
+    channels_last = net.encoder.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    batches = []
+    for s in range(0, min(len(images), batch_size * steps), batch_size):
+        x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
+        batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    scale = elbo_scale(cfg, images.shape[1:])
+
+    def step(x):
+        with autocast(device, cfg.precision):
+            out, mu, logvar = net(x)[:3]
+        loss = batch_loss(cfg, "pretrain", scale, x, out, mu, logvar, None, None).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as fc:
+        step(batches[0])
+    flops = fc.get_total_flops() / len(batches[0])
+    for x in batches[:2]:  # warm-up
+        step(x)
+    _sync(device)
+    t = time.perf_counter()
+    seen = 0
+    for i in range(steps):
+        x = batches[i % len(batches)]
+        step(x)
+        seen += len(x)
+    _sync(device)
+    return seen / (time.perf_counter() - t), flops
+
+
+def one_size(images: np.ndarray, a, peak: float) -> dict:
+    from dvclust import DVC
+
+    model = DVC(10, pretrain_epochs=a.epochs, cluster_epochs=a.epochs, tol=0.0,
+                patience=a.epochs + 1, batch_size=a.batch_size, precision=a.precision,
+                num_threads=a.threads).fit(images)
     h = model.history_
-    # the first epoch of each phase carries warm-up (cuDNN autotuning, allocator); report the rest
     pre = [r["images_per_s"] for r in h if r["phase"] == "pretrain"][1:]
     clu = [r["images_per_s"] for r in h if r["phase"] == "cluster"][1:]
     tgt = [r["seconds"] for r in h if r["phase"] == "target"]
-    row = {"data": a.data, "shape": list(images.shape), "batch_size": a.batch_size,
-                      "precision": a.precision,
-                      "pretrain_img_s": statistics.median(pre) if pre else None,
-                      "cluster_img_s": statistics.median(clu) if clu else None,
-                      "target_update_s": statistics.median(tgt) if tgt else None,
-                      "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
-                      if torch.cuda.is_available() else None,
-                      "stamp": harness.stamp(model.config_.to_dict())}
-    harness.append_row(harness.RESULTS / "throughput.jsonl", row)
-    print(json.dumps(row))
+    bare, flops = bare_step(model.model_, images, model.config_, a.batch_size, a.bare_steps)
+    loop = statistics.median(pre)
+    return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": a.batch_size,
+            "pretrain_img_s": loop, "cluster_img_s": statistics.median(clu) if clu else None,
+            "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
+            "bare_step_img_s": bare, "loop_over_bare": loop / bare,
+            "gflops_per_image": flops / 1e9, "achieved_tflops": bare * flops / 1e12,
+            "peak_tflops": peak, "fraction_of_peak": bare * flops / 1e12 / peak,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "stamp": harness.stamp(model.config_.to_dict(), threads=a.threads or None)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="synthetic", choices=["mnist", "synthetic"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[28, 64])
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--bare-steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    a = ap.parse_args()
+    from dvclust import load_dataset
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = a.peak_tflops or peak_tflops(device)
+    rows = []
+    for size in a.sizes:
+        images = (load_dataset(DATASETS["mnist"][0]).images if a.data == "mnist"
+                  else synthetic(a.n, size, a.channels))
+        row = {"data": a.data, **one_size(images, a, peak)}
+        harness.append_row(harness.RESULTS / "throughput.jsonl", row)
+        print(json.dumps({k: v for k, v in row.items() if k != "stamp"}), flush=True)
+        rows.append(row)
+    lines = ["| image | loop img/s (pretrain / cluster) | bare step img/s | loop / bare | "
+             "GFLOP per image (fwd+bwd) | achieved TFLOP/s | fraction of peak |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, h, w = r["shape"]
+        lines.append(f"| {c}x{h}x{w} | {r['pretrain_img_s']:.0f} / {r['cluster_img_s']:.0f} | "
+                     f"{r['bare_step_img_s']:.0f} | {r['loop_over_bare']:.2f} | "
+                     f"{r['gflops_per_image']:.3f} | {r['achieved_tflops']:.3f} | "
+                     f"{r['fraction_of_peak']:.1%} |")
+    write_block(f"throughput:{device.type}",
+                f"## throughput: the loop against a bare step of its network ({device.type})\n\n"
+                f"Command: `{harness.command(__file__)}`  \n"
+                f"{harness.stamp_line(a.threads or None)}; peak = {peak:.3f} TFLOP/s "
+                f"({'given' if a.peak_tflops else 'measured: a large matmul'}).\n\n"
+                + "\n".join(lines))
 
 
 if __name__ == "__main__":
