@@ -1,6 +1,7 @@
 """Bad input is one line naming the file or value (exit 2), never a traceback (issue 17's cases),
 run in-process with typer's CliRunner."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,21 @@ def test_a_log_file_gets_plain_lines_not_bars(tmp_path):
     assert p.returncode == 0, text
     assert "\r" not in text and "\x1b[" not in text
     assert "pretrain epoch 2/2: loss" in text and "cluster epoch 2/2: loss" in text
+
+
+def test_labelstudio_export_names_a_link_that_leads_outside_the_document_root(tmp_path):
+    """A file reached through a link: inside the document root it is exported by its own path;
+    outside, the error names the file and where the link leads."""
+    from PIL import Image
+
+    from dvclust.curate import _relative
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside / "a.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside / "a.png", root / "link.png")
+    assert _relative(root / "link.png", str(root)) == "link.png"
+    with pytest.raises(DVClustError, match=r"link\.png \(a link to .*elsewhere/a\.png\): lies outside"):
+        _relative(root / "link.png", str(tmp_path / "other"))

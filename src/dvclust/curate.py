@@ -94,11 +94,16 @@ def _write_png(data, i: int, path: Path) -> Path:
 
 
 def _relative(path: Path, root: str) -> str:
-    try:
-        return path.resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        raise DVClustError(f"{path}: lies outside the Label Studio document root {root}; pass "
-                           "--document-root with the LOCAL_FILES_DOCUMENT_ROOT that holds it") from None
+    """The path under the document root as Label Studio will look it up: the path as the data
+    folder holds it (a link inside the root is served), else where its links lead."""
+    base = Path(os.path.abspath(root))
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        for r in (base, base.resolve()):
+            if candidate.is_relative_to(r):
+                return candidate.relative_to(r).as_posix()
+    via = f" (a link to {path.resolve()})" if path.resolve() != Path(os.path.abspath(path)) else ""
+    raise DVClustError(f"{path}{via}: lies outside the Label Studio document root {root}; pass "
+                       "--document-root with the LOCAL_FILES_DOCUMENT_ROOT that holds it")
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
