@@ -105,9 +105,9 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tu
 def one_size(images: np.ndarray, a, peak: float) -> dict:
     from dvclust import DVC
 
-    model = DVC(10, pretrain_epochs=a.epochs, cluster_epochs=a.epochs, tol=0.0,
-                patience=a.epochs + 1, batch_size=a.batch_size, precision=a.precision,
-                num_threads=a.threads).fit(images)
+    model = DVC(10, **{"pretrain_epochs": a.epochs, "cluster_epochs": a.epochs, "tol": 0.0,
+                       "patience": a.epochs + 1, "batch_size": a.batch_size,
+                       "precision": a.precision, "num_threads": a.threads, **dict(a.set)}).fit(images)
     h = model.history_
     pre = [r["images_per_s"] for r in h if r["phase"] == "pretrain"][1:]
     clu = [r["images_per_s"] for r in h if r["phase"] == "cluster"][1:]
@@ -136,6 +136,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    type=lambda kv: (kv.split("=", 1)[0], harness.parse_value(kv.split("=", 1)[1])),
+                    help="config changes, e.g. base_channels=32")
+    ap.add_argument("--tag", default="", help="suffix of the RESULTS.md block")
     a = ap.parse_args()
     from dvclust import load_dataset
 
@@ -160,8 +164,9 @@ def main() -> None:
                      f"{r['bare_step_img_s']:.0f} | {r['loop_over_bare']:.2f} | "
                      f"{r['gflops_per_image']:.3f} | {r['achieved_tflops']:.3f} | "
                      f"{r['fraction_of_peak']:.1%} |")
-    write_block(f"throughput:{device.type}",
-                f"## throughput: the loop against a bare step of its network ({device.type})\n\n"
+    write_block(f"throughput:{device.type}" + (f":{a.tag}" if a.tag else ""),
+                f"## throughput: the loop against a bare step of its network ({device.type}"
+                + "".join(f", {k}={v}" for k, v in a.set) + ")\n\n"
                 f"Command: `{harness.command(__file__)}`  \n"
                 f"{harness.stamp_line(a.threads or None)}; peak = {peak:.3f} TFLOP/s "
                 f"({'given' if a.peak_tflops else 'measured: a large matmul'}).\n\n"
