@@ -41,5 +41,16 @@ def blobs():
     return x, y
 
 
+def cli(*args) -> str:
+    """Run `dvclust ARGS` in this process; it must succeed. Returns its output."""
+    from typer.testing import CliRunner
+
+    from dvclust.cli import app
+
+    r = CliRunner().invoke(app, list(map(str, args)))
+    assert r.exit_code == 0, r.output + r.stderr
+    return r.output
+
+
 # Small, quick settings for fits in tests.
 FAST = dict(pretrain_epochs=3, cluster_epochs=2, batch_size=32, kmeans_n_init=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FAST
+from conftest import FAST, cli
 from dvclust import DVClustError
 from dvclust.cli import app
 from dvclust.curate import export, review_queue
@@ -17,12 +17,6 @@ from dvclust.labelling import (check_name, load_names, propagate, read_correctio
                                self_labels, set_names, typical, write_self_labels)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-
-def cli(*args):
-    r = CliRunner().invoke(app, list(map(str, args)))
-    assert r.exit_code == 0, r.output + r.stderr
-    return r.output
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import FAST
-from dvclust.cli import app
+from conftest import FAST, cli
 from dvclust.labelling import read_corrections
 
 LS = os.environ.get("DVCLUST_LABEL_STUDIO") or shutil.which("label-studio")
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 pytestmark = pytest.mark.skipif(not LS, reason="Label Studio not installed (.ci/run installs it)")
-
-
-def cli(*args):
-    r = CliRunner().invoke(app, list(map(str, args)))
-    assert r.exit_code == 0, r.output + r.stderr
-    return r.output
 
 
 def _free_port() -> int:

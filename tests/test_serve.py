@@ -9,20 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import FAST
-from dvclust.cli import app as cli_app
+from conftest import FAST, cli
 from dvclust.labelling import load_names, read_corrections
 from dvclust.rundir import run_source
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
-
-
-def cli(*args):
-    r = CliRunner().invoke(cli_app, list(map(str, args)))
-    assert r.exit_code == 0, r.output + r.stderr
-    return r.output
 
 
 @pytest.fixture(scope="module")

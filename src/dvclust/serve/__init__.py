@@ -30,7 +30,7 @@ from .. import labelling
 from ..curate import _within, export, review_queue
 from ..errors import DVClustError
 from ..io import write_text_atomic
-from ..labelling import HOW, load_names, read_corrections, set_names, add_corrections, \
+from ..labelling import HOW, add_corrections, load_names, read_corrections, set_names, \
     write_self_labels
 from ..rundir import read_labels, read_run_config, run_source
 
@@ -77,7 +77,7 @@ class ReviewRun:
         order = np.lexsort((-self.conf, self.clusters))
         self.starts = np.searchsorted(self.clusters[order], np.arange(self.k + 1))
         first = np.zeros(self.n, bool)
-        for c, idx in self.typical.items():
+        for idx in self.typical.values():
             first[idx] = True
         for c in range(self.k):
             part = order[self.starts[c]:self.starts[c + 1]]
