@@ -50,3 +50,12 @@ def test_augment_auto_only_for_objects_on_an_empty_field():
     assert not auto.augment_for((1, 8, 8), background=0.9)       # too small to resample
     assert Config(augment=True).augment_for((1, 8, 8), background=0.0)
     assert not Config(augment=False).augment_for((1, 28, 28), background=1.0)
+
+
+def test_augment_policies_and_views():
+    assert Config(augment="xray").augment_for((1, 28, 28), background=1.0) == "xray"
+    assert Config(augment="off").augment_for((1, 28, 28), background=1.0) is None
+    assert Config(augment=True).augment_for((1, 28, 28), background=0.0) == "digits"
+    for key, bad in (("augment", "blur"), ("views", 3), ("views", True), ("balance", -1)):
+        with pytest.raises(DVClustError, match=key):
+            Config(**{key: bad})

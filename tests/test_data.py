@@ -111,7 +111,38 @@ def test_augment_auto_on_the_real_sets():
     from dvclust.data.augment import background_fraction
 
     auto = Config()
-    for rel, split, want in [("mnist", "test", True), ("medmnist/retinamnist.npz", "all", False),
-                             ("medmnist_derived/pneumoniamnist_subset_varun19424.npz", "all", False)]:
+    for rel, split, want in [("mnist", "test", "digits"), ("medmnist/retinamnist.npz", "all", None),
+                             ("medmnist_derived/pneumoniamnist_subset_varun19424.npz", "all", None)]:
         d = load_dataset(shared(rel), split=split)
         assert auto.augment_for(d.images.shape[1:], background_fraction(d.images)) is want, rel
+
+
+@pytest.mark.parametrize("name", ["xray", "photo", "micro"])
+def test_medical_policies_never_fill_with_black(name):
+    """A flat gray frame stays gray everywhere under the medical policies (reflected borders, no
+    black wedges), while the digits jitter fills the corners it turns in with zeros."""
+    import torch
+
+    from dvclust.data.augment import make_policy
+
+    x = torch.full((16, 3 if name != "xray" else 1, 32, 32), 0.5)
+    torch.manual_seed(0)
+    y = make_policy(name, (32, 32))(x)
+    assert y.shape == x.shape and y.min() > 0.2 and y.max() <= 1.0
+    torch.manual_seed(0)
+    assert torch.equal(make_policy(name, (32, 32))(x), y)  # seeded: the same views again
+    torch.manual_seed(1)
+    assert make_policy("digits", (32, 32))(x).min() == 0.0
+
+
+def test_xray_policy_keeps_left_and_right():
+    """No flips for X-rays: a mark on the left stays on the left in every view."""
+    import torch
+
+    from dvclust.data.augment import make_policy
+
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 12:20, 2:10] = 1.0
+    torch.manual_seed(0)
+    y = make_policy("xray", (32, 32))(x)
+    assert (y[:, :, :, :16].mean((1, 2, 3)) > y[:, :, :, 16:].mean((1, 2, 3))).all()

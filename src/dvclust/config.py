@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .data.augment import POLICIES
 from .errors import DVClustError
 
 # The methods of the comparison (issue 4) as traits of the one training loop:
@@ -66,11 +67,17 @@ class Config:
     # weighs the clustering KL against a per-pixel reconstruction as IDEC does (docs/DECISIONS.md,
     # "gamma and the ELBO's scale").
     recon_reduction: str = "mean"
-    # Random shifts/rotations of each batch (DEC-DA). "auto": on for an object on an empty field,
-    # images of at least AUGMENT_MIN_SIDE px a side of which at least AUGMENT_MIN_BACKGROUND of the
-    # pixels are background (< 0.05); the jitter fills with zeros, neutral only there
-    # (docs/DECISIONS.md, "augment").
+    # Augmentation of each batch: a policy of data.augment.POLICIES, "off", or "auto": "digits"
+    # (DEC-DA's zero-filled jitter) for an object on an empty field, images of at least
+    # AUGMENT_MIN_SIDE px a side of which at least AUGMENT_MIN_BACKGROUND of the pixels are
+    # background (< 0.05), else off (docs/DECISIONS.md, "augment"). true = "digits", false = "off".
     augment: bool | str = "auto"
+    # 2: every batch is two augmented views of its images, both reconstructed, and in phase 3 the
+    # target P of the image is the target of both views' q (view-consistent DVC). 1: one view.
+    views: int = 1
+    # Weight of the negative entropy of the batch's mean q in phase 3 (SCAN's guard against
+    # clusters that empty); 0 = off.
+    balance: float = 0.0
     # --- phase 1: variational pretraining ------------------------------------------------------
     pretrain_epochs: int = 50        # maximum
     patience: int = 5                # epochs without a relative improvement of min_delta
@@ -121,7 +128,7 @@ class Config:
                  "expected an integer >= 0")
         for key in ("lr", "alpha"):
             need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
-        for key in ("beta", "gamma", "tol", "min_delta"):
+        for key in ("beta", "gamma", "tol", "min_delta", "balance"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
         need(self.method in METHODS, "method", f"use one of {', '.join(METHODS)}")
         need(self.likelihood in ("bernoulli", "gaussian"), "likelihood", "use 'bernoulli' or 'gaussian'")
@@ -131,7 +138,9 @@ class Config:
         need(self.precision in ("auto", "fp32", "bf16"), "precision", "use 'auto', 'fp32' or 'bf16'")
         need(isinstance(self.prior_kl_in_clustering, bool), "prior_kl_in_clustering",
              "expected true or false")
-        need(self.augment in (True, False, "auto"), "augment", "expected true, false or 'auto'")
+        need(self.augment in (True, False, "auto", "off", *POLICIES), "augment",
+             f"use auto, off or one of {', '.join(POLICIES)}")
+        need(self.views in (1, 2) and not isinstance(self.views, bool), "views", "expected 1 or 2")
 
     @property
     def variational(self) -> bool:
@@ -157,12 +166,13 @@ class Config:
             return self.cluster_epochs
         return max(50, math.ceil(CLUSTER_MIN_STEPS / max(1, steps_per_epoch)))
 
-    def augment_for(self, shape: tuple[int, int, int], background: float) -> bool:
-        """Whether to jitter images of `shape` (C, H, W) of which a fraction `background` of the
-        pixels is background (data.augment.background_fraction)."""
+    def augment_for(self, shape: tuple[int, int, int], background: float) -> str | None:
+        """The augmentation policy for images of `shape` (C, H, W) of which a fraction
+        `background` of the pixels is background (data.augment.background_fraction); None = off."""
         if self.augment != "auto":
-            return bool(self.augment)
-        return min(shape[1:]) >= AUGMENT_MIN_SIDE and background >= AUGMENT_MIN_BACKGROUND
+            return {True: "digits", False: None, "off": None}.get(self.augment, self.augment)
+        side_ok = min(shape[1:]) >= AUGMENT_MIN_SIDE
+        return "digits" if side_ok and background >= AUGMENT_MIN_BACKGROUND else None
 
     # --- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,14 @@
-"""Random small affine jitter of a batch (DEC-DA, Guo et al. 2018): rotations up to 10 degrees and
-shifts up to 10% of the side, zero-filled. Clustering on features that must survive such jitter
-lifts DEC-style methods on digit-like data; on images that fill the frame (X-rays, fundus
-photographs) it lowers NMI, so `augment: auto` asks background_fraction first
-(docs/DECISIONS.md, "augment")."""
+"""Augmentation of a batch on its device, one named policy per kind of image.
+
+`digits`: DEC-DA's small affine jitter (Guo et al. 2018), rotations up to 10 degrees and shifts up
+to 10% of the side, zero-filled: neutral only on an empty background, and `augment: auto` chooses
+it only there (docs/DECISIONS.md, "augment").
+The medical policies never fill with black: a random resized crop (60-100% of the area), a small
+rotation and shift with reflected borders, brightness/contrast/gamma jitter, mild blur and noise
+(kornia, on CPU and GPU). `xray` has no flips (left and right differ in a chest X-ray); `photo`
+(fundus, dermoscopy) flips both ways; `micro` (cells, tissue) also turns by any angle. All draw
+from torch's global generator, which the loop seeds per (seed, phase, epoch).
+"""
 from __future__ import annotations
 
 import math
@@ -22,6 +28,32 @@ def random_affine(x: torch.Tensor, max_degrees: float = 10.0, max_shift: float =
                          torch.stack([sin, cos, u[:, 2] * 2 * max_shift], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+POLICIES = ("digits", "xray", "photo", "micro")
+
+
+def make_policy(name: str, side: tuple[int, int]):
+    """The augmentation `name` for images of `side` (H, W): a function of a float batch in [0, 1]
+    to a batch of the same shape, still in [0, 1]."""
+    if name == "digits":
+        return random_affine
+    import kornia.augmentation as K
+
+    degrees, flips = {"xray": (7.0, ()), "photo": (15.0, ("h", "v")), "micro": (180.0, ("h", "v"))}[name]
+    steps = [K.RandomResizedCrop(tuple(side), scale=(0.6, 1.0), ratio=(0.9, 1.1)),
+             K.RandomAffine(degrees, translate=(0.05, 0.05), padding_mode="reflection", p=0.8),
+             *([K.RandomHorizontalFlip()] if "h" in flips else []),
+             *([K.RandomVerticalFlip()] if "v" in flips else []),
+             K.ColorJitter(brightness=0.15, contrast=0.15, p=0.8),
+             K.RandomGamma((0.8, 1.25), p=0.5),
+             K.RandomGaussianBlur(3, (0.1, 0.8), p=0.2),
+             K.RandomGaussianNoise(std=0.02, p=0.2)]
+    seq = K.AugmentationSequential(*steps)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return seq(x).clamp_(0.0, 1.0)
+    return apply
 
 
 def background_fraction(images, n: int = 2000, level: float = 0.05) -> float:

@@ -42,4 +42,7 @@ def batch_loss(cfg: Config, phase: str, scale: float, x: torch.Tensor, out: torc
         clu = kl_clustering_loss(p, q.float())
         # DEC drops the decoder once clustering starts; the others keep the ELBO / recon
         loss = (loss if cfg.recon_in_clustering else zero) + cfg.gamma * clu
+        if cfg.balance:  # minus the entropy of the batch's mean assignment: no cluster empties
+            mean_q = q.float().mean(0)
+            loss = loss + cfg.balance * (mean_q * torch.log(mean_q + 1e-12)).sum()
     return Terms(loss, rec, kl, clu)

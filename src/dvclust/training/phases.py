@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..cluster import kmeans_centers, size_prior
 from ..config import NARROW_FROM_SIDE, Config
-from ..data.augment import background_fraction, random_affine
+from ..data.augment import background_fraction, make_policy
 from ..data.dataset import ImageDataset, collate_batch, to_float
 from .. import log
 from ..errors import DVClustError
@@ -80,7 +80,8 @@ class Context:
     def __post_init__(self) -> None:
         dist, cfg, images = self.dist, self.cfg, self.images
         self.model.to(dist.device)
-        # NHWC convolutions: faster on CUDA, and on CPU from 64 px (not at 28; docs/DECISIONS.md)
+        # NHWC convolutions: faster on CUDA, and on CPU from NARROW_FROM_SIDE px (not at 28 px;
+        # docs/DECISIONS.md, "base_channels")
         self.channels_last = dist.device.type == "cuda" or min(images.shape[-2:]) >= NARROW_FROM_SIDE
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -93,12 +94,15 @@ class Context:
                                  sampler=self.sampler, collate_fn=collate_batch, num_workers=0,
                                  pin_memory=dist.device.type == "cuda")
         self.scale = elbo_scale(cfg, images.shape[1:])
-        self.augment = cfg.augment
-        if self.augment == "auto":
-            background = background_fraction(images)
-            self.augment = cfg.augment_for(images.shape[1:], background)
-            self.log(f"augment: auto -> {'on' if self.augment else 'off'} ({background:.0%} of the "
-                     f"pixels are background, {images.shape[2]}x{images.shape[3]} px)")
+        background = background_fraction(images) if cfg.augment == "auto" else None
+        policy = cfg.augment_for(images.shape[1:], background)
+        if cfg.augment == "auto":
+            self.log(f"augment: auto -> {policy or 'off'} ({background:.0%} of the pixels are "
+                     f"background, {images.shape[2]}x{images.shape[3]} px)")
+        if cfg.views == 2 and policy is None:
+            raise DVClustError("views=2 needs an augmentation policy (augment: xray, photo, micro "
+                               "or digits); augment is off for these images")
+        self.augment = make_policy(policy, images.shape[2:]) if policy else None
 
     @property
     def show(self) -> bool:
@@ -160,8 +164,8 @@ def run_epoch(ctx: Context, net: nn.Module, opt: torch.optim.Optimizer, phase: s
                f"{st.epoch + 1}", leave=False, disable=ctx.bars, mininterval=1.0)
     for xb, idx in bar:
         x = to_float(xb.to(dist.device, non_blocking=True))
-        if ctx.augment:  # the jittered image is both the input and what is reconstructed
-            x = random_affine(x)
+        if ctx.augment:  # the augmented image is both the input and what is reconstructed
+            x = ctx.augment(x) if cfg.views == 1 else torch.cat([ctx.augment(x), ctx.augment(x)])
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(dist.device, cfg.precision):
@@ -169,12 +173,12 @@ def run_epoch(ctx: Context, net: nn.Module, opt: torch.optim.Optimizer, phase: s
                 out, mu, logvar, q = (*net(x)[:3], None)
             else:
                 out, mu, logvar, q = net(x, cfg.q_from)
-        p = targets[idx.to(targets.device)] if phase == "cluster" else None
+        p = targets[idx.to(targets.device)].repeat(cfg.views, 1) if phase == "cluster" else None
         terms = batch_loss(cfg, phase, ctx.scale, x, out, mu, logvar, q, p)
         opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         opt.step()
-        b = x.shape[0]
+        b = idx.shape[0]
         sums += torch.stack([t.detach() * b for t in terms]).double()
     bar.close()
     secs = time.perf_counter() - t0
