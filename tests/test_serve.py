@@ -227,6 +227,9 @@ def test_review_session_in_a_real_browser(server, tmp_path):
         page.get_by_label("move the selected images to").fill("odd one")
         page.get_by_role("button", name="Move selected").click()
         page.wait_for_selector("#status:text-matches('saved: 3 image')")
+        assert page.locator(".tile.selected").count() == 0        # the selection is spent
+        for i in picked:
+            assert "odd one (corrected)" in page.locator(f'.tile[data-index="{i}"]').inner_text()
         page.reload()
         page.wait_for_selector(".tile")
         caps = {int(page.locator(".tile").nth(i).get_attribute("data-index")):

@@ -32,11 +32,14 @@ async function api(path, body) {
   return doc;
 }
 
-async function act(path, body) {
+// One action: POST it, then (on success) `after` and a fresh view; the status line last, so that
+// what it says is already on the page.
+async function act(path, body, after) {
   try {
     const doc = await api(path, body);
-    status(doc.done || doc.undone ? (doc.done ? "saved: " + doc.done : "undone: " + doc.undone) : "done");
+    if (after) after();
     await refresh();
+    status(doc.done ? "saved: " + doc.done : "undone: " + doc.undone);
     return doc;
   } catch (e) { status(e.message, true); }
 }
@@ -124,7 +127,7 @@ function selectionTools() {
                                "aria-label": "move the selected images to" });
   const run = body => {
     if (!state.selected.size) return status("select images first (click them)", true);
-    act("corrections", { indices: [...state.selected], ...body }).then(d => { if (d) state.selected.clear(); });
+    act("corrections", { indices: [...state.selected], ...body }, () => state.selected.clear());
   };
   return el("div", { class: "toolbar" },
     el("span", { id: "n-selected", text: `${state.selected.size} selected` }), target,
@@ -172,5 +175,5 @@ document.getElementById("write-labels").addEventListener("click", async () => {
     status(`labels -> ${d.labels}` + (d.export ? `; export -> ${d.export}` : ""));
   } catch (e) { status(e.message, true); }
 });
-window.addEventListener("hashchange", () => { state.selected.clear(); refresh(); });
+window.addEventListener("hashchange", () => { state.selected.clear(); status(""); refresh(); });
 refresh();
