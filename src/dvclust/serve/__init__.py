@@ -9,7 +9,6 @@ served from the run's own data: nothing else on the disk can be read through the
 """
 from __future__ import annotations
 
-import functools
 import io
 import json
 import secrets
@@ -157,7 +156,6 @@ class ReviewRun:
         counts.update(propagated=rest if known else 0, none=0 if known else rest)
         return {"n": self.n, **{h: counts[h] for h in HOW}}
 
-    @functools.lru_cache(maxsize=4096)  # the grid's strips are asked for on every visit
     def thumbnail(self, i: int) -> bytes:
         arr = np.asarray(self.data.images[i])
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
