@@ -11,8 +11,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image
 
+from .data.images import to_pil
 from .errors import DVClustError
 from .io import atomic_file, write_csv_atomic, write_text_atomic
 from .labelling import cluster_name, load_names, safe_folder, self_labels
@@ -70,26 +70,27 @@ def _within(root: Path, source: str) -> Path:
     return path
 
 
+def original_file(source, data, src: str, i: int) -> Path | None:
+    """Row i's original file where the run read one whole file per image; None where there is
+    none (arrays such as MNIST, frames of a DICOM, slices of a NIfTI). Decided from what the data
+    is (the store's items), never from a file name; kept inside the run's data folder."""
+    if data.items is None or data.items[i]:
+        return None
+    root = Path(source.path)
+    return _within(root if root.is_dir() else root.parent, src)
+
+
 def _image_files(run_dir: Path, lab: dict) -> tuple[list[Path | None], object]:
-    """The original file of every row where the run read one whole file per image; None where
-    an export must write a PNG of the image as the run saw it (arrays such as MNIST, frames of a
-    DICOM, slices of a NIfTI). Decided from what the data is (the store's items), never from a
-    file name. Also returns the data, for the images of the None rows."""
+    """original_file of every row (None: an export writes a PNG of the image as the run saw
+    it), and the data, for the images of the None rows."""
     source = run_source(run_dir)
     data = source.load(verbose=False)
-    root = Path(source.path)
-    if data.items is None:
-        return [None] * len(data), data
-    base = root if root.is_dir() else root.parent
-    return [None if item else _within(base, src[:len(src) - len(item) - 1] if item else src)
-            for src, item in zip(lab["source"], data.items)], data
+    return [original_file(source, data, src, i) for i, src in enumerate(lab["source"])], data
 
 
 def _write_png(data, i: int, path: Path) -> Path:
-    arr = np.asarray(data.images[i])
-    arr = (arr * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+    to_pil(data.images[i]).save(path)
     return path
 
 

@@ -309,6 +309,21 @@ def _soft_assignments(run_dir: Path, z: np.ndarray, rows: np.ndarray) -> np.ndar
     return out
 
 
+def direct_labels(clusters: np.ndarray, names: Names, corrections: dict[int, str], k: int,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Label and `how` of the images `rows` (default: all) before propagation: a correction,
+    else the name of its cluster (unless mixed), else "" and "none"."""
+    rows = np.arange(len(clusters)) if rows is None else np.asarray(rows, dtype=np.int64)
+    by_cluster = np.array([names.of(c) or "" for c in range(k)], dtype=object)
+    label = by_cluster[clusters[rows]]
+    how = np.where(label != "", "cluster", "none").astype(object)
+    if corrections:
+        fixed = np.flatnonzero(np.isin(rows, np.fromiter(corrections, dtype=np.int64)))
+        label[fixed] = [corrections[int(i)] for i in rows[fixed]]
+        how[fixed] = "corrected"
+    return label, how
+
+
 def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[str, np.ndarray]:
     """One label per image from the names, the corrections and propagation (see the module
     docstring for `how` and `confidence`). `lab`: the run's labels.csv, when the caller has read
@@ -321,23 +336,17 @@ def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[s
     n = len(clusters)
     names = load_names(run_dir)
     corrections = read_corrections(run_dir)
-    label = np.full(n, "", dtype=object)
-    how = np.full(n, "none", dtype=object)
+    k = _n_clusters(run_dir)
+    label, how = direct_labels(clusters, names, corrections, k)
     conf = np.zeros(n)
-    by_cluster = np.array([names.of(c) or "" for c in range(_n_clusters(run_dir))], dtype=object)
-    named = by_cluster[clusters] != ""
-    z = latents(run_dir) if named.any() or corrections else None
-    if named.any():
-        rows = np.flatnonzero(named)
-        label[rows], how[rows] = by_cluster[clusters[rows]], "cluster"
+    z = latents(run_dir) if (how != "none").any() else None
+    rows = np.flatnonzero(how == "cluster")
+    if len(rows):
         q = _soft_assignments(run_dir, z, rows)
         # q summed over the clusters that share the image's label: how sure it is of the label
-        same = by_cluster[None, :] == label[rows][:, None]
-        conf[rows] = (q * same).sum(1)
-    if corrections:
-        idx = np.fromiter(corrections, dtype=np.int64)
-        label[idx] = [corrections[i] for i in idx]
-        how[idx], conf[idx] = "corrected", 1.0
+        by_cluster = np.array([names.of(c) or "" for c in range(k)], dtype=object)
+        conf[rows] = (q * (by_cluster[None, :] == label[rows][:, None])).sum(1)
+    conf[how == "corrected"] = 1.0
     known = np.flatnonzero(how != "none")
     rest = np.flatnonzero(how == "none")
     if len(known) and len(rest):

@@ -90,3 +90,12 @@ def as_labels(y, n: int, source: str = "labels") -> np.ndarray | None:
     if len(y) != n:
         raise DVClustError(f"{source}: {len(y)} labels for {n} images")
     return y
+
+
+def to_pil(img):
+    """One image as the run saw it (C x H x W, uint8 or float in [0, 1]) as a PIL image."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
+    return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))

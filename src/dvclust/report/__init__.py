@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ..data.images import to_pil
 
 from ..config import METHOD_NAMES
 from ..curate import review_queue
@@ -26,11 +27,8 @@ GALLERIES_OPEN = 20
 
 def _png(img: np.ndarray) -> str:
     """C x H x W (uint8 or [0,1] float) -> <img> with a data URL."""
-    a = np.asarray(img)
-    a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
-    pil = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
+    to_pil(img).save(buf, format="PNG")
     return (f'<img class="t" alt="" src="data:image/png;base64,'
             f'{base64.b64encode(buf.getvalue()).decode()}">')
 

@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,7 +26,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import labelling
-from ..curate import _within, export, review_queue
+from ..curate import export, original_file, review_queue
+from ..data.images import to_pil
 from ..errors import DVClustError
 from ..io import write_text_atomic
 from ..labelling import HOW, add_corrections, load_names, read_corrections, set_names, \
@@ -117,16 +117,13 @@ class ReviewRun:
         return sorted(set(names.names.values()) | set(read_corrections(self.run_dir).values()))
 
     def image_rows(self, idx) -> list[dict]:
-        names, corrections = load_names(self.run_dir), read_corrections(self.run_dir)
-        rows = []
-        for i in map(int, idx):
-            c = int(self.clusters[i])
-            label, how = (corrections[i], "corrected") if i in corrections else (names.of(c), "cluster")
-            rows.append({"index": i, "source": str(self.lab["source"][i]), "cluster": c,
-                         "confidence": round(float(self.conf[i]), 4),
-                         "outlier_score": round(float(self.outlier[i]), 4),
-                         "label": label or "", "how": how if label else "none"})
-        return rows
+        idx = np.asarray(idx, dtype=np.int64)
+        label, how = labelling.direct_labels(self.clusters, load_names(self.run_dir),
+                                             read_corrections(self.run_dir), self.k, idx)
+        return [{"index": int(i), "source": str(self.lab["source"][i]),
+                 "cluster": int(self.clusters[i]), "confidence": round(float(self.conf[i]), 4),
+                 "outlier_score": round(float(self.outlier[i]), 4), "label": lbl, "how": h}
+                for i, lbl, h in zip(idx, label, how)]
 
     def gallery(self, c: int, offset: int, limit: int) -> dict:
         part = self.order[self.starts[c]:self.starts[c + 1]]
@@ -146,31 +143,23 @@ class ReviewRun:
     def summary(self) -> dict:
         """How many images are labelled which way, as `dvclust labels` would count them,
         without running the propagation (every image left is propagated once one is labelled)."""
-        names, corrections = load_names(self.run_dir), read_corrections(self.run_dir)
-        named = np.array([names.of(c) is not None for c in range(self.k)])[self.clusters]
-        corrected = np.zeros(self.n, bool)
-        corrected[list(corrections)] = True
-        counts = {"corrected": int(corrected.sum()), "cluster": int((named & ~corrected).sum())}
-        rest = self.n - counts["corrected"] - counts["cluster"]
-        known = counts["corrected"] + counts["cluster"] > 0
-        counts.update(propagated=rest if known else 0, none=0 if known else rest)
-        return {"n": self.n, **{h: counts[h] for h in HOW}}
+        _, how = labelling.direct_labels(self.clusters, load_names(self.run_dir),
+                                         read_corrections(self.run_dir), self.k)
+        counts = {h: int((how == h).sum()) for h in HOW}
+        if counts["corrected"] + counts["cluster"]:
+            counts["propagated"], counts["none"] = counts["none"], 0
+        return {"n": self.n, **counts}
 
     def thumbnail(self, i: int) -> bytes:
-        arr = np.asarray(self.data.images[i])
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if arr.dtype != np.uint8 else arr
-        img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
         buf = io.BytesIO()
-        img.save(buf, "PNG")
+        to_pil(self.data.images[i]).save(buf, "PNG")
         return buf.getvalue()
 
     def original(self, i: int) -> Path | None:
-        """The image's own file, where the run read one whole browser-viewable file per image."""
-        if self.data.items is None or self.data.items[i]:
-            return None
-        root = Path(self.source.path)
-        path = _within(root if root.is_dir() else root.parent, str(self.lab["source"][i]))
-        return path if path.suffix.lower() in BROWSER_TYPES and path.is_file() else None
+        """The image's own file, where there is one (curate.original_file) a browser can show."""
+        path = original_file(self.source, self.data, str(self.lab["source"][i]), i)
+        return path if path is not None and path.suffix.lower() in BROWSER_TYPES \
+            and path.is_file() else None
 
     # ---- writing --------------------------------------------------------------------------------
     def act(self, what: str, fn) -> dict:
