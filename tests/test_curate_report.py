@@ -149,3 +149,19 @@ def test_report_opens_in_chromium(which, request, tmp_path):
     assert images > 10 and bad == 0 and svgs >= 3
     assert "DVCLUST_ERROR" not in log
     assert not re.search(r"CONSOLE.*(Uncaught|Error)", log)
+
+
+def test_png_exports_by_a_pool_of_processes_equal_the_serial_ones(digits_run, tmp_path, monkeypatch):
+    """Many PNGs to write go to a process pool; the files are the ones one process writes."""
+    from dvclust import curate
+
+    serial = export(digits_run, "labelstudio", tmp_path / "serial")
+    monkeypatch.setattr(curate, "PNG_PARALLEL_FROM", 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pooled = export(digits_run, "labelstudio", tmp_path / "pooled")
+    assert serial.read_text().replace("serial", "pooled") == pooled.read_text()
+    names = sorted(p.name for p in (tmp_path / "serial" / "images").iterdir())
+    assert len(names) == 1797 and names == sorted(p.name for p in (tmp_path / "pooled" / "images").iterdir())
+    for name in names[::97]:
+        a = np.asarray(Image.open(tmp_path / "serial" / "images" / name))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "pooled" / "images" / name)))

@@ -17,8 +17,8 @@ from . import curate
 from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
-from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, run_source, \
-    write_labels, write_metrics
+from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, resumed_source, \
+    run_source, write_labels, write_metrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Variational Clustering: label large image collections by clusters.")
@@ -170,18 +170,20 @@ def fit(
                                channels=channels, folder_labels=folder_labels, axis=axis,
                                slices=slices, clip=clip)
     source = DataSource(data, split, ReadOptions(**given), store)
-    if resume and (out / "config.yaml").exists():
-        # a resumed run reads its data exactly as it did before the interruption
-        recorded = run_source(out)
-        if recorded.path == source.path:
-            old = recorded.options.to_dict()
-            changed = {k: v for k, v in ReadOptions(**{**old, **given}).to_dict().items()
-                       if v != old[k]}
-            if changed:
-                raise DVClustError(f"{out}: cannot resume with different read options ("
-                                   + ", ".join(f"{k}: {old[k]!r} -> {v!r}" for k, v in changed.items())
-                                   + "); drop them, or start a new --out")
-            source = recorded
+    if resume:
+        source = resumed_source(out, source, given)
+    cfg, auto = _fit_config(out, config, clusters, k_range, seed, method, sets, resume)
+    t0 = time.time()
+    dataset = source.load(workers, verbose=not quiet)
+    model, m, is_main = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
+                                auto_k=tuple(k_range) if auto else None)
+    if is_main:
+        _fit_summary(model, m, dataset, out, time.time() - t0)
+
+
+def _fit_config(out: Path, config, clusters, k_range, seed, method, sets, resume) -> tuple[Config, bool]:
+    """fit's settings: --config (or, resuming, the run's own), then K, --set, --seed, --method
+    over it; and whether K is 'auto'."""
     if resume and config is None and (out / "config.yaml").exists():
         cfg, _ = read_run_config(out)
     else:
@@ -198,30 +200,27 @@ def fit(
         changes["seed"] = seed
     if method is not None:
         changes["method"] = method.value
-    cfg = cfg.replace(**changes)
-    t0 = time.time()
-    dataset = source.load(workers, verbose=not quiet)
-    model, m, is_main = fit_run(dataset, cfg, out, source, resume=resume, verbose=not quiet,
-                                auto_k=tuple(k_range) if auto else None)
-    cfg = model.config_
-    if is_main:
-        sizes = ", ".join(str(int((model.labels_ == j).sum())) for j in range(cfg.n_clusters))
-        typer.echo(f"\nclustered {len(dataset)} images into {cfg.n_clusters} clusters "
-                   f"(sizes {sizes}) in {time.time() - t0:.0f}s")
-        if m:
-            typer.echo(f"against the known labels: ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  "
-                       f"ARI {m['ari']:.4f}")
-        warn = degenerate_warning(np.bincount(model.labels_, minlength=cfg.n_clusters))
-        if warn:
-            typer.secho(warn, fg="yellow")
-        if dataset.skipped:
-            typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
-                       f"{out / 'skipped.csv'}")
-        typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, latents.npy"
-                   + (", history.csv" if (out / "history.csv").exists() else "")
-                   + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
-        typer.echo(f"next: `dvclust report {out}` to look at the clusters, `dvclust typical {out}` "
-                   "for the images to name them by")
+    return cfg.replace(**changes), auto
+
+
+def _fit_summary(model, m: dict | None, dataset, out: Path, seconds: float) -> None:
+    k = model.config_.n_clusters
+    sizes = ", ".join(str(int((model.labels_ == j).sum())) for j in range(k))
+    typer.echo(f"\nclustered {len(dataset)} images into {k} clusters (sizes {sizes}) in {seconds:.0f}s")
+    if m:
+        typer.echo(f"against the known labels: ACC {m['acc']:.4f}  NMI {m['nmi']:.4f}  "
+                   f"ARI {m['ari']:.4f}")
+    warn = degenerate_warning(np.bincount(model.labels_, minlength=k))
+    if warn:
+        typer.secho(warn, fg="yellow")
+    if dataset.skipped:
+        typer.echo(f"skipped {len(dataset.skipped)} unreadable file(s): listed in "
+                   f"{out / 'skipped.csv'}")
+    typer.echo(f"outputs in {out}/: labels.csv, checkpoint.pt, config.yaml, latents.npy"
+               + (", history.csv" if (out / "history.csv").exists() else "")
+               + (", metrics.json" if m else "") + (", skipped.csv" if dataset.skipped else ""))
+    typer.echo(f"next: `dvclust report {out}` to look at the clusters, `dvclust typical {out}` "
+               "for the images to name them by")
 
 
 @app.command()

@@ -80,31 +80,82 @@ def original_file(source, data, src: str, i: int) -> Path | None:
     return _within(root if root.is_dir() else root.parent, src)
 
 
-def _image_files(run_dir: Path, lab: dict) -> tuple[list[Path | None], object]:
-    """original_file of every row (None: an export writes a PNG of the image as the run saw
-    it), and the data, for the images of the None rows."""
+def _image_files(run_dir: Path, lab: dict) -> tuple[object, object, list[Path | None]]:
+    """The run's data source and data, and original_file of every row (None: an export writes a
+    PNG of the image as the run saw it)."""
     source = run_source(run_dir)
     data = source.load(verbose=False)
-    return [original_file(source, data, src, i) for i, src in enumerate(lab["source"])], data
+    return source, data, [original_file(source, data, src, i) for i, src in enumerate(lab["source"])]
 
 
-def _write_png(data, i: int, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(data.images[i]).save(path)
-    return path
+class _Pngs:
+    """The PNGs an export writes (images with no file of their own, as the run saw them): planned
+    first, each folder made and checked to lie inside `out` once, then written together, by a
+    pool of processes where there are many (10^6 PNGs one at a time took minutes)."""
+
+    def __init__(self, out: Path, source, data):
+        self.out, self.source, self.data = out, source, data
+        self.jobs: list[tuple[int, str]] = []
+        self.checked: set[Path] = set()
+
+    def place(self, i: int, folder: Path) -> Path:
+        if folder not in self.checked:
+            folder.mkdir(parents=True, exist_ok=True)
+            _inside(self.out, folder)
+            self.checked.add(folder)
+        path = folder / f"{i:08d}.png"
+        self.jobs.append((i, str(path)))
+        return path
+
+    def write(self) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = min(cores or 1, PNG_WORKERS)
+        if len(self.jobs) < PNG_PARALLEL_FROM or workers < 2:
+            _png_chunk(self.jobs, self.data)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [self.jobs[j:j + 5000] for j in range(0, len(self.jobs), 5000)]
+        # each worker opens the run's data itself: a store is memory-mapped, not copied
+        with ProcessPoolExecutor(workers, initializer=_png_worker,
+                                 initargs=(self.source,)) as pool:
+            for _ in pool.map(_png_chunk, chunks):
+                pass
 
 
-def _relative(path: Path, root: str) -> str:
-    """The path under the document root as Label Studio will look it up: the path as the data
-    folder holds it (a link inside the root is served), else where its links lead."""
-    base = Path(os.path.abspath(root))
-    for candidate in (Path(os.path.abspath(path)), path.resolve()):
-        for r in (base, base.resolve()):
-            if candidate.is_relative_to(r):
-                return candidate.relative_to(r).as_posix()
-    via = f" (a link to {path.resolve()})" if path.resolve() != Path(os.path.abspath(path)) else ""
-    raise DVClustError(f"{path}{via}: lies outside the Label Studio document root {root}; pass "
-                       "--document-root with the LOCAL_FILES_DOCUMENT_ROOT that holds it")
+PNG_PARALLEL_FROM = 20_000   # below this, a pool's start-up costs more than it saves
+PNG_WORKERS = 8
+_WORKER_DATA = None
+
+
+def _png_worker(source) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = source.load(verbose=False)
+
+
+def _png_chunk(jobs, data=None) -> None:
+    images = (data if data is not None else _WORKER_DATA).images
+    for i, path in jobs:
+        to_pil(images[i]).save(path)
+
+
+def _relative_to(root: str):
+    """A function path -> the path under the document root as Label Studio will look it up: the
+    path as the data folder holds it (a link inside the root is served), else where its links
+    lead. String prefixes first: 10^6 Path.resolve() calls took minutes."""
+    bases = [os.path.abspath(root), str(Path(root).resolve())]
+    bases = [b.rstrip(os.sep) + os.sep for b in bases]
+
+    def rel(path: Path) -> str:
+        plain = os.path.abspath(path)
+        for candidate in (plain, str(path.resolve())):
+            for base in bases:
+                if candidate.startswith(base) or candidate + os.sep == base:
+                    return Path(candidate[len(base):]).as_posix()
+        via = f" (a link to {path.resolve()})" if str(path.resolve()) != plain else ""
+        raise DVClustError(f"{path}{via}: lies outside the Label Studio document root {root}; "
+                           "pass --document-root with the LOCAL_FILES_DOCUMENT_ROOT that holds it")
+    return rel
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
@@ -122,61 +173,82 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
     s = self_labels(run_dir, lab=lab)
     out = (out or run_dir / "export").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    clusters = s["cluster"]
-    shown = [lbl or cluster_name(names, c) for lbl, c in zip(s["label"], clusters)]
+    shown = [lbl or cluster_name(names, c) for lbl, c in zip(s["label"], s["cluster"])]
     # how sure the exported label is: the label's confidence, or q for an unlabelled image
     score = np.where(s["how"] == "none", lab["confidence"].astype(float), s["confidence"])
     if fmt == "csv":
         path = _inside(out, out / "labels_named.csv")
         write_csv_atomic(path, ["index", "source", "cluster", "name", "label", "how", "confidence",
                                 "outlier_score"],
-                         zip(lab["index"], lab["source"], clusters,
-                             [cluster_name(names, c) for c in clusters], s["label"], s["how"],
+                         zip(lab["index"], lab["source"], s["cluster"],
+                             [cluster_name(names, c) for c in s["cluster"]], s["label"], s["how"],
                              (f"{c:.6f}" for c in score), lab["outlier_score"]))
         return path
-    files, data = _image_files(run_dir, lab)
+    source, data, files = _image_files(run_dir, lab)
+    # each export writes its own PNGs (labelstudio: out/images, folders: the tree), so that one
+    # never moves or replaces the files another one's output points to
+    pngs = _Pngs(out, source, data)
     if fmt == "labelstudio":
-        path = _inside(out, out / "tasks.json")
-        # each export writes its own PNGs (labelstudio: out/images, folders: the tree), so that
-        # one never moves or replaces the files another one's output points to
-        files = [p or _write_png(data, i, _inside(out, out / "images" / f"{i:08d}.png"))
-                 for i, p in enumerate(files)]
-        # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
-        with atomic_file(path, "w") as f:
-            f.write("[")
-            for i, (p, src, name, conf) in enumerate(zip(files, lab["source"], shown, score)):
-                task = {"id": i + 1,
-                        # percent-encoded: '#', '%', spaces or newlines in a name stay in the path
-                        "data": {"image": "/data/local-files/?d=" + quote(_relative(p, document_root)),
-                                 "source": src},
-                        "predictions": [{"model_version": "dvclust", "score": float(conf),
-                                         "result": [{"from_name": "label", "to_name": "image",
-                                                     "type": "choices",
-                                                     "value": {"choices": [name]}}]}]}
-                f.write(("," if i else "") + "\n" + json.dumps(task))
-            f.write("\n]\n")
-        # the labeling config whose names (label, image) the tasks' predictions use
-        choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(set(shown)))
-        write_text_atomic(_inside(out, out / "label_config.xml"),
-                          '<View>\n  <Image name="image" value="$image"/>\n'
-                          '  <Choices name="label" toName="image" choice="single" showInline="true">'
-                          f"{choices}\n  </Choices>\n</View>\n")
-        return path
-    # built beside the old tree and swapped in whole: an image whose label changed since the last
-    # export must not stay behind in its old folder, and an interrupted export leaves the old one
+        return _labelstudio(out, files, pngs, lab["source"], shown, score, document_root)
+    return _folders(out, files, pngs, shown, copy)
+
+
+def _labelstudio(out: Path, files, pngs: _Pngs, sources, shown, score, document_root: str) -> Path:
+    path = _inside(out, out / "tasks.json")
+    rel = _relative_to(document_root)
+    prefix = None
+    for i, p in enumerate(files):
+        if p is None:
+            pngs.place(i, out / "images")
+            prefix = prefix or rel(out / "images") + "/"   # once, and only where PNGs are written
+    pngs.write()
+    # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
+    with atomic_file(path, "w") as f:
+        f.write("[")
+        for i, (p, src, name, conf) in enumerate(zip(files, sources, shown, score)):
+            where = rel(p) if p is not None else f"{prefix}{i:08d}.png"
+            task = {"id": i + 1,
+                    # percent-encoded: '#', '%', spaces or newlines in a name stay in the path
+                    "data": {"image": "/data/local-files/?d=" + quote(where), "source": src},
+                    "predictions": [{"model_version": "dvclust", "score": float(conf),
+                                     "result": [{"from_name": "label", "to_name": "image",
+                                                 "type": "choices",
+                                                 "value": {"choices": [name]}}]}]}
+            f.write(("," if i else "") + "\n" + json.dumps(task))
+        f.write("\n]\n")
+    # the labeling config whose names (label, image) the tasks' predictions use
+    choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(set(shown)))
+    write_text_atomic(_inside(out, out / "label_config.xml"),
+                      '<View>\n  <Image name="image" value="$image"/>\n'
+                      '  <Choices name="label" toName="image" choice="single" showInline="true">'
+                      f"{choices}\n  </Choices>\n</View>\n")
+    return path
+
+
+def _folders(out: Path, files, pngs: _Pngs, shown, copy: bool) -> Path:
+    """Built beside the old tree and swapped in whole: an image whose label changed since the
+    last export must not stay behind in its old folder, and an interrupted export leaves the old
+    one."""
     tree = out / "folders"
     new = out / "folders.partial"
     shutil.rmtree(new, ignore_errors=True)
+    folders: dict[str, Path] = {}
     for i, (p, name) in enumerate(zip(files, shown)):
+        if name not in folders:
+            folders[name] = new / safe_folder(name)
+        folder = folders[name]
         if p is None:
-            _write_png(data, i, _inside(out, new / safe_folder(name) / f"{i:08d}.png"))
+            pngs.place(i, folder)
             continue
-        target = _inside(out, new / safe_folder(name) / f"{i:08d}_{p.name}")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            _inside(out, folder)
+        target = folder / f"{i:08d}_{p.name}"
         if copy:
             shutil.copyfile(p, target)
         else:
-            os.symlink(p.resolve(), target)
+            os.symlink(os.path.realpath(p), target)
+    pngs.write()
     new.mkdir(exist_ok=True)
     if tree.exists():
         old = out / "folders.old"

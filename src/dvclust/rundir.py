@@ -95,6 +95,23 @@ def run_source(run_dir: Path) -> DataSource:
     return DataSource.from_dict(rec["data"])
 
 
+def resumed_source(out: Path, source: DataSource, given: dict) -> DataSource:
+    """A resumed run reads its data exactly as it did before the interruption: the recorded
+    source where the path is the same, refused where a read option given now differs."""
+    if not (out / "config.yaml").exists():
+        return source
+    recorded = run_source(out)
+    if recorded.path != source.path:
+        return source
+    old = recorded.options.to_dict()
+    changed = {k: v for k, v in ReadOptions(**{**old, **given}).to_dict().items() if v != old[k]}
+    if changed:
+        raise DVClustError(f"{out}: cannot resume with different read options ("
+                           + ", ".join(f"{k}: {old[k]!r} -> {v!r}" for k, v in changed.items())
+                           + "); drop them, or start a new --out")
+    return recorded
+
+
 def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> None:
     header = ["index", "source", "cluster", "confidence", "outlier_score", "distance"]
     cols = [range(len(data)), data.sources or [str(i) for i in range(len(data))], pred["cluster"],

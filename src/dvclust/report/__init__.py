@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import to_pil
-
 from ..config import METHOD_NAMES
 from ..curate import review_queue
-from ..labelling import cluster_name, load_names
+from ..data.images import to_pil
 from ..io import write_text_atomic
+from ..labelling import cluster_name, load_names
 from ..rundir import load_run, read_labels, read_run_config, run_source
 from . import svg
 
@@ -72,6 +71,110 @@ def _confusion(y, pred, names) -> str:
     return f"<table class='cm'>{head}{body}</table>"
 
 
+STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1100px}"
+         "img.t{width:56px;height:56px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}"
+         ".row{display:flex;gap:24px}.u img{border-color:#d62728}"
+         "summary{font-weight:bold;margin:10px 0 4px;cursor:pointer}"
+         "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+         "font-size:12px}svg{margin:4px}")
+
+
+def _known(run_dir: Path, lab: dict, clusters: np.ndarray, names) -> str:
+    """Metrics and the confusion matrix, when the run's labels are known."""
+    mpath = run_dir / "metrics.json"
+    if not (mpath.exists() and "label" in lab):
+        return ""
+    m = json.loads(mpath.read_text())
+    return ("<h2>Against the known labels</h2>" + _table(
+        [[f"{m['acc']:.4f}", f"{m['nmi']:.4f}", f"{m['ari']:.4f}",
+          ", ".join(f"{c}: {v:.2f}" for c, v in m["per_class_recall"].items())]],
+        ["ACC", "NMI", "ARI", "per-class recall (under the ACC matching)"])
+        + _confusion(lab["label"], clusters, names))
+
+
+def _galleries(images, clusters: np.ndarray, conf: np.ndarray, sizes: np.ndarray, names,
+               per_cluster: int) -> str:
+    """Largest cluster first: its most typical (highest q) and least certain members. With many
+    clusters (over-clustering) the first GALLERIES_OPEN are open, the rest fold away."""
+    parts = ["<h2>Galleries</h2><p>Clusters by size. Left: the most typical images of each "
+             "cluster (highest confidence). Right: its least certain ones.</p>"]
+    for rank, j in enumerate(np.argsort(-sizes, kind="stable")):
+        members = np.flatnonzero(clusters == j)
+        if not len(members):
+            continue
+        c = conf[members]
+        m_ = min(per_cluster, len(members))
+        typical = members[np.argpartition(-c, m_ - 1)[:m_]]
+        typical = typical[np.argsort(-conf[typical])]
+        unsure = members[np.argpartition(c, m_ - 1)[:m_]]
+        unsure = unsure[np.argsort(conf[unsure])]
+        imgs_t = "".join(_png(a) for a in _rows(images, typical))
+        imgs_u = "".join(_png(a) for a in _rows(images, unsure))
+        title = (f"{html.escape(cluster_name(names, int(j)))}{' (mixed)' if j in names.mixed else ''}"
+                 f" &middot; cluster {j} &middot; {sizes[j]:,} images &middot; mean confidence "
+                 f"{c.mean():.2f}")
+        parts.append(f"<details{' open' if rank < GALLERIES_OPEN else ''}><summary>{title}</summary>"
+                     f"<div class='row'><div>{imgs_t}</div><div class='u'>{imgs_u}</div></div>"
+                     "</details>")
+    return "".join(parts)
+
+
+def _latent_and_reconstructions(model, images, lab: dict, clusters: np.ndarray, names, k: int,
+                                sample: int, seed: int) -> str:
+    """The latent map of a sample, and reconstructions (the pixel baselines have no decoder)."""
+    rng = np.random.default_rng(seed)
+    n = len(clusters)
+    pick = np.sort(rng.choice(n, min(sample, n), replace=False))
+    imgs = _rows(images, pick)
+    xy, how = _embed_2d(model.transform(imgs), seed)
+    maps = svg.scatter(xy, clusters[pick], {j: cluster_name(names, j) for j in range(k)},
+                       f"latent means ({how}), by cluster")
+    if "label" in lab:
+        classes, codes = np.unique(lab["label"], return_inverse=True)
+        maps += svg.scatter(xy, codes[pick], {i: str(c) for i, c in enumerate(classes)},
+                            f"latent means ({how}), by known label")
+    out = f"<h2>Latent space</h2><p>{len(pick):,} sampled images.</p>{maps}"
+    if hasattr(model, "reconstruct"):
+        few = imgs[:8]
+        out += ("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
+                f"<div>{''.join(_png(a) for a in few)}</div>"
+                f"<div>{''.join(_png(a) for a in model.reconstruct(few))}</div>")
+    return out
+
+
+def _review(run_dir: Path, names) -> str:
+    queue = review_queue(run_dir, 10)
+    return "<h2>Worth a look</h2>" + _table(
+        [[r["source"], cluster_name(names, r["cluster"]), f"{r['confidence']:.3f}",
+          f"{r['outlier_score']:.1f}", r["reason"]] for r in queue],
+        ["source", "cluster", "confidence", "outlier score", "why"])
+
+
+def _training(run_dir: Path) -> str:
+    """Loss and label-change curves from history.csv (the pixel baselines have none)."""
+    if not (run_dir / "history.csv").exists():
+        return ""
+    with open(run_dir / "history.csv") as f:
+        hist = list(csv.DictReader(f))
+    num = lambda r, key: float(r[key]) if r.get(key) else None  # noqa: E731
+    pre = [r for r in hist if r["phase"] == "pretrain"]
+    if not pre:
+        return ""
+    clu = [r for r in hist if r["phase"] == "cluster"]
+    tgt = [r for r in hist if r["phase"] == "target"]
+    charts = svg.lines({"pretrain": (list(range(1, len(pre) + 1)), [num(r, "loss") for r in pre]),
+                        "clustering": (list(range(len(pre) + 1, len(pre) + len(clu) + 1)),
+                                       [num(r, "loss") for r in clu])}, "training loss", ylabel="loss")
+    if tgt:
+        epochs = [int(r["epoch"]) for r in tgt]
+        series = {"label change": (epochs, [num(r, "label_change") for r in tgt])}
+        if tgt[0].get("acc"):
+            series["ACC"] = (epochs, [num(r, "acc") for r in tgt])
+            series["NMI"] = (epochs, [num(r, "nmi") for r in tgt])
+        charts += svg.lines(series, "at each target update (clustering epoch)")
+    return f"<h2>Training</h2>{charts}"
+
+
 def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per_cluster: int = 8,
                  seed: int = 0) -> Path:
     run_dir = Path(run_dir)
@@ -83,114 +186,29 @@ def build_report(run_dir: Path, out: Path | None = None, sample: int = 3000, per
     clusters = lab["cluster"].astype(int)
     conf = lab["confidence"].astype(float)
     n, k = len(clusters), cfg.n_clusters
-    rng = np.random.default_rng(seed)
     sizes = np.bincount(clusters, minlength=k)
-    parts = [f"<h1>dvclust report: {html.escape(run_dir.name)}</h1>",
-             f"<p>{n:,} images from <code>{html.escape(str(rec['data']['source']))}</code> in {k} "
-             f"clusters. Method: {html.escape(METHOD_NAMES[cfg.method])} (latent {cfg.latent_dim}, "
-             f"beta {cfg.beta}, gamma {cfg.gamma}, seed {cfg.seed}).</p>"]
-
-    # metrics and confusion matrix, when labels are known
-    mpath = run_dir / "metrics.json"
     if "label" in lab:  # class names (folders) as they are, class numbers as numbers
         known = lab["label"]
         lab["label"] = known.astype(int) if all(v.lstrip("-").isdigit() for v in known) else known
-    if mpath.exists() and "label" in lab:
-        m = json.loads(mpath.read_text())
-        parts.append("<h2>Against the known labels</h2>" + _table(
-            [[f"{m['acc']:.4f}", f"{m['nmi']:.4f}", f"{m['ari']:.4f}",
-              ", ".join(f"{c}: {v:.2f}" for c, v in m["per_class_recall"].items())]],
-            ["ACC", "NMI", "ARI", "per-class recall (under the ACC matching)"]))
-        parts.append(_confusion(lab["label"], clusters, names))
-
-    parts.append("<h2>Clusters</h2>" + svg.bars(sizes.tolist(), [cluster_name(names, j) for j in range(k)],
-                                                "images per cluster"))
-
-    # galleries, largest cluster first: most typical (highest q) and least certain members.
-    # With many clusters (over-clustering) the first OPEN are open, the rest fold away.
-    parts.append("<h2>Galleries</h2><p>Clusters by size. Left: the most typical images of each "
-                 "cluster (highest confidence). Right: its least certain ones.</p>")
-    for rank, j in enumerate(np.argsort(-sizes, kind="stable")):
-        members = np.flatnonzero(clusters == j)
-        if not len(members):
-            continue
-        c = conf[members]
-        m_ = min(per_cluster, len(members))
-        typical = members[np.argpartition(-c, m_ - 1)[:m_]]
-        typical = typical[np.argsort(-conf[typical])]
-        unsure = members[np.argpartition(c, m_ - 1)[:m_]]
-        unsure = unsure[np.argsort(conf[unsure])]
-        imgs_t = "".join(_png(a) for a in _rows(data.images, typical))
-        imgs_u = "".join(_png(a) for a in _rows(data.images, unsure))
-        title = (f"{html.escape(cluster_name(names, int(j)))}{' (mixed)' if j in names.mixed else ''}"
-                 f" &middot; cluster {j} &middot; {sizes[j]:,} images &middot; mean confidence "
-                 f"{c.mean():.2f}")
-        parts.append(f"<details{' open' if rank < GALLERIES_OPEN else ''}><summary>{title}</summary>"
-                     f"<div class='row'><div>{imgs_t}</div><div class='u'>{imgs_u}</div></div>"
-                     "</details>")
-
-    # latent map of a sample
-    pick = np.sort(rng.choice(n, min(sample, n), replace=False))
-    imgs = _rows(data.images, pick)
-    z = model.transform(imgs)
-    xy, how = _embed_2d(z, seed)
-    maps = svg.scatter(xy, clusters[pick], {j: cluster_name(names, j) for j in range(k)},
-                       f"latent means ({how}), by cluster")
-    if "label" in lab:
-        classes, codes = np.unique(lab["label"], return_inverse=True)
-        maps += svg.scatter(xy, codes[pick], {i: str(c) for i, c in enumerate(classes)},
-                            f"latent means ({how}), by known label")
-    parts.append(f"<h2>Latent space</h2><p>{len(pick):,} sampled images.</p>{maps}")
-
-    # reconstructions (the pixel baselines have no decoder)
-    few = imgs[:8]
-    if hasattr(model, "reconstruct"):
-        rec_ = model.reconstruct(few)
-        parts.append("<h2>Reconstructions</h2><p>Top: inputs; bottom: decoder output at z = mu.</p>"
-                     f"<div>{''.join(_png(a) for a in few)}</div>"
-                     f"<div>{''.join(_png(a) for a in rec_)}</div>")
-
-    # review queue
-    queue = review_queue(run_dir, 10)
-    parts.append("<h2>Worth a look</h2>" + _table(
-        [[r["source"], cluster_name(names, r["cluster"]), f"{r['confidence']:.3f}",
-          f"{r['outlier_score']:.1f}", r["reason"]] for r in queue],
-        ["source", "cluster", "confidence", "outlier score", "why"]))
-
-    # training curves (the pixel baselines have none)
-    hist = []
-    if (run_dir / "history.csv").exists():
-        with open(run_dir / "history.csv") as f:
-            hist = list(csv.DictReader(f))
-    num = lambda r, key: float(r[key]) if r.get(key) else None  # noqa: E731
-    pre = [r for r in hist if r["phase"] == "pretrain"]
-    clu = [r for r in hist if r["phase"] == "cluster"]
-    tgt = [r for r in hist if r["phase"] == "target"]
-    charts = svg.lines({"pretrain": (list(range(1, len(pre) + 1)), [num(r, "loss") for r in pre]),
-                        "clustering": (list(range(len(pre) + 1, len(pre) + len(clu) + 1)),
-                                       [num(r, "loss") for r in clu])}, "training loss", ylabel="loss")
-    if tgt:
-        series = {"label change": ([int(r["epoch"]) for r in tgt], [num(r, "label_change") for r in tgt])}
-        if tgt[0].get("acc"):
-            series["ACC"] = ([int(r["epoch"]) for r in tgt], [num(r, "acc") for r in tgt])
-            series["NMI"] = ([int(r["epoch"]) for r in tgt], [num(r, "nmi") for r in tgt])
-        charts += svg.lines(series, "at each target update (clustering epoch)")
-    if pre:
-        parts.append(f"<h2>Training</h2>{charts}")
-
-    parts.append("<h2>Configuration and versions</h2>" + _table(
-        [[key, value] for key, value in cfg.to_dict().items()] +
-        [[f"version: {key}", value] for key, value in (rec.get("versions") or {}).items()],
-        ["key", "value"]))
-
-    style = ("body{font-family:sans-serif;margin:24px;max-width:1100px}"
-             "img.t{width:56px;height:56px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}"
-             ".row{display:flex;gap:24px}.u img{border-color:#d62728}"
-             "summary{font-weight:bold;margin:10px 0 4px;cursor:pointer}"
-             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "font-size:12px}svg{margin:4px}")
+    parts = [
+        f"<h1>dvclust report: {html.escape(run_dir.name)}</h1>",
+        f"<p>{n:,} images from <code>{html.escape(str(rec['data']['source']))}</code> in {k} "
+        f"clusters. Method: {html.escape(METHOD_NAMES[cfg.method])} (latent {cfg.latent_dim}, "
+        f"beta {cfg.beta}, gamma {cfg.gamma}, seed {cfg.seed}).</p>",
+        _known(run_dir, lab, clusters, names),
+        "<h2>Clusters</h2>" + svg.bars(sizes.tolist(), [cluster_name(names, j) for j in range(k)],
+                                       "images per cluster"),
+        _galleries(data.images, clusters, conf, sizes, names, per_cluster),
+        _latent_and_reconstructions(model, data.images, lab, clusters, names, k, sample, seed),
+        _review(run_dir, names),
+        _training(run_dir),
+        "<h2>Configuration and versions</h2>" + _table(
+            [[key, value] for key, value in cfg.to_dict().items()] +
+            [[f"version: {key}", value] for key, value in (rec.get("versions") or {}).items()],
+            ["key", "value"]),
+    ]
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>dvclust report"
-            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out = Path(out) if out else run_dir / "report.html"
     write_text_atomic(out, page)
     return out

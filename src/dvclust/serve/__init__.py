@@ -224,118 +224,126 @@ def _string(doc: dict, key: str, allow_empty: bool = False) -> str:
     return v
 
 
-def make_app(run_dir: Path, token: str | None = None) -> Starlette:
-    """The app over one run folder; with `token`, every request must carry it (?token= once,
-    then a cookie)."""
-    run = ReviewRun(run_dir)
+class Handlers:
+    """The HTTP endpoints over one ReviewRun: parse and check the request, call the run, answer
+    JSON. Errors become JSON with a status, never a traceback."""
 
-    async def clusters(request):
-        return JSONResponse(run.clusters_doc())
+    def __init__(self, run: ReviewRun):
+        self.run = run
 
-    async def cluster_images(request):
-        c = run.cluster_id(request.path_params["cid"])
-        return JSONResponse(run.gallery(c, _int_param(request, "offset", 0, run.n),
+    async def clusters(self, request):
+        return JSONResponse(self.run.clusters_doc())
+
+    async def cluster_images(self, request):
+        c = self.run.cluster_id(request.path_params["cid"])
+        return JSONResponse(self.run.gallery(c, _int_param(request, "offset", 0, self.run.n),
                                         _int_param(request, "limit", 100, PAGE_LIMIT)))
 
-    async def review(request):
-        return JSONResponse(run.review(_int_param(request, "offset", 0, run.n),
+    async def review(self, request):
+        return JSONResponse(self.run.review(_int_param(request, "offset", 0, self.run.n),
                                        _int_param(request, "limit", 100, PAGE_LIMIT)))
 
-    async def summary(request):
-        return JSONResponse(run.summary())
+    async def summary(self, request):
+        return JSONResponse(self.run.summary())
 
-    async def thumb(request):
-        i = run.image_id(request.path_params["image"])
-        return Response(run.thumbnail(i), media_type="image/png",
+    async def thumb(self, request):
+        i = self.run.image_id(request.path_params["image"])
+        return Response(self.run.thumbnail(i), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600"})
 
-    async def full(request):
-        i = run.image_id(request.path_params["image"])
-        path = run.original(i)
+    async def full(self, request):
+        i = self.run.image_id(request.path_params["image"])
+        path = self.run.original(i)
         if path is None:
-            return Response(run.thumbnail(i), media_type="image/png")
+            return Response(self.run.thumbnail(i), media_type="image/png")
         return FileResponse(path, media_type=BROWSER_TYPES[path.suffix.lower()])
 
-    async def names(request):
+    async def names(self, request):
         doc = await _body(request)
-        c = run.cluster_id(doc.get("cluster"))
+        c = self.run.cluster_id(doc.get("cluster"))
         if "mixed" in doc:
             if not isinstance(doc["mixed"], bool):
                 raise ApiError(400, "'mixed' must be true or false")
             mixed = doc["mixed"]
-            return JSONResponse(run.act(
+            return JSONResponse(self.run.act(
                 f"cluster {c} {'marked' if mixed else 'no longer'} mixed",
-                lambda: set_names(run.run_dir, mixed=[c] if mixed else [],
+                lambda: set_names(self.run.run_dir, mixed=[c] if mixed else [],
                                   unmixed=[] if mixed else [c])))
         name = _string(doc, "name", allow_empty=True).strip()
         if not name:
-            return JSONResponse(run.act(f"cluster {c} unnamed",
-                                        lambda: set_names(run.run_dir, unname=[c])))
+            return JSONResponse(self.run.act(f"cluster {c} unnamed",
+                                        lambda: set_names(self.run.run_dir, unname=[c])))
         labelling.check_name(name)
-        return JSONResponse(run.act(f"cluster {c} named {name!r}",
-                                    lambda: set_names(run.run_dir, [f"{c}={name}"])))
+        return JSONResponse(self.run.act(f"cluster {c} named {name!r}",
+                                    lambda: set_names(self.run.run_dir, [f"{c}={name}"])))
 
-    async def corrections(request):
+    async def corrections(self, request):
         doc = await _body(request)
         idx = doc.get("indices")
         if not isinstance(idx, list) or not idx or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in idx):
             raise ApiError(400, "'indices' must be a non-empty list of image numbers")
         for i in idx:
-            run.image_id(i)
+            self.run.image_id(i)
         label = EXCLUDED if doc.get("exclude") is True else _string(doc, "label", True).strip()
         if label:
             labelling.check_name(label)
         what = (f"{len(idx)} image(s) " + (f"moved to {label!r}" if label else "uncorrected"))
-        return JSONResponse(run.act(what, lambda: add_corrections(
-            run.run_dir, [{"index": i, "label": label} for i in idx], "request")))
+        return JSONResponse(self.run.act(what, lambda: add_corrections(
+            self.run.run_dir, [{"index": i, "label": label} for i in idx], "request")))
 
-    async def undo(request):
-        return JSONResponse(run.undo_last())
+    async def undo(self, request):
+        return JSONResponse(self.run.undo_last())
 
-    async def write_labels(request):
+    async def write_labels(self, request):
         doc = await _body(request)
         fmt = doc.get("export")
         if fmt not in (None, "csv", "labelstudio", "folders"):
             raise ApiError(400, f"export {fmt!r}: use csv, labelstudio or folders")
-        with run.lock:
-            path, counts = write_self_labels(run.run_dir)
-            out = {"labels": str(path), "summary": {"n": run.n, **counts}}
+        with self.run.lock:
+            path, counts = write_self_labels(self.run.run_dir)
+            out = {"labels": str(path), "summary": {"n": self.run.n, **counts}}
             if fmt:
-                out["export"] = str(export(run.run_dir, fmt))
+                out["export"] = str(export(self.run.run_dir, fmt))
         return JSONResponse(out)
 
-    async def index(request):
+    async def index(self, request):
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    async def api_error(request, exc: ApiError):
+    async def api_error(self, request, exc: ApiError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    async def http_error(request, exc: HTTPException):  # no route, wrong method: JSON too
+    async def http_error(self, request, exc: HTTPException):  # no route, wrong method: JSON too
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
-    async def bad_input(request, exc: DVClustError):
+    async def bad_input(self, request, exc: DVClustError):
         return JSONResponse({"error": str(exc)}, status_code=400)
 
-    async def internal(request, exc: Exception):  # a bug: say so, without a traceback
+    async def internal(self, request, exc: Exception):  # a bug: say so, without a traceback
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
+
+def make_app(run_dir: Path, token: str | None = None) -> Starlette:
+    """The app over one run folder; with `token`, every request must carry it (?token= once,
+    then a cookie)."""
+    h = Handlers(ReviewRun(run_dir))
     middleware = [Middleware(TokenCheck, token=token)] if token else []
     return Starlette(routes=[
-        Route("/", index),
-        Route("/api/clusters", clusters),
-        Route("/api/clusters/{cid}/images", cluster_images),
-        Route("/api/review", review),
-        Route("/api/summary", summary),
-        Route("/api/images/{image}/thumb", thumb),
-        Route("/api/images/{image}/full", full),
-        Route("/api/names", names, methods=["POST"]),
-        Route("/api/corrections", corrections, methods=["POST"]),
-        Route("/api/undo", undo, methods=["POST"]),
-        Route("/api/labels", write_labels, methods=["POST"]),
+        Route("/", h.index),
+        Route("/api/clusters", h.clusters),
+        Route("/api/clusters/{cid}/images", h.cluster_images),
+        Route("/api/review", h.review),
+        Route("/api/summary", h.summary),
+        Route("/api/images/{image}/thumb", h.thumb),
+        Route("/api/images/{image}/full", h.full),
+        Route("/api/names", h.names, methods=["POST"]),
+        Route("/api/corrections", h.corrections, methods=["POST"]),
+        Route("/api/undo", h.undo, methods=["POST"]),
+        Route("/api/labels", h.write_labels, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ], middleware=middleware, exception_handlers={
-        ApiError: api_error, HTTPException: http_error, DVClustError: bad_input, Exception: internal})
+        ApiError: h.api_error, HTTPException: h.http_error, DVClustError: h.bad_input,
+        Exception: h.internal})
 
 
 class TokenCheck(BaseHTTPMiddleware):
