@@ -67,6 +67,7 @@ def main() -> None:
             ("review --n 200", ["review", str(run), "--n", "200"]),
             ("export csv", ["export", str(run), "--format", "csv"]),
             ("export labelstudio", ["export", str(run), "--format", "labelstudio"]),
+            ("export folders", ["export", str(run), "--format", "folders"]),
         ]
         for name, args in steps:
             wall, rss, _ = timed(args)
