@@ -144,6 +144,24 @@ def one(dataset: str, seed: int) -> dict:
     return {"rows": [{**r, "fit_s": fit_s, "stamp": st} for r in rows]}
 
 
+def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
+    """Only the cluster-then-label `strategies` ("dvclust[BY]" or "dvclust[BY,M3]") on the run
+    folder an earlier full case kept: a new way of choosing the images, same representation."""
+    data, c = harness.load(dataset)
+    run = RUNS / f"{dataset}__{seed}"
+    k = OVERCLUSTER * c
+    rows = []
+    for name in strategies:
+        by, *m3 = name[len("dvclust["):-1].split(",")
+        for b in BUDGETS:
+            pred, spent = cluster_then_label(run, data.labels, b * c, k, by, 3 if m3 else 1)
+            rows.append({"dataset": dataset, "seed": seed, "n": len(data), "classes": c, "k": k,
+                         "budget_per_class": b, "looks": b * c, "looks_spent": spent,
+                         "strategy": name, "rescored": True, **scores(data.labels, pred)})
+    st = harness.stamp()
+    return {"rows": [{**r, "stamp": st} for r in rows]}
+
+
 def table(rows: list[dict]) -> str:
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     out = []
@@ -206,20 +224,32 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per case")
     ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("--rescore", nargs="+", metavar="STRATEGY",
+                    help="only these dvclust[...] strategies, on the run folders kept by earlier cases")
     ap.add_argument("--one", nargs=2, metavar=("DATASET", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("--rescore-one", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         harness.emit(one(a.one[0], int(a.one[1])))
+        return
+    if a.rescore_one:
+        harness.emit(rescore(a.rescore_one[0], int(a.rescore_one[1]), a.rescore_one[2:]))
         return
     log = RESULTS / "labelling.jsonl"
     rows = harness.read_rows(log)
     command = harness.command(__file__)
     done = {(r["dataset"], r["seed"]) for r in rows}
     todo = [(d, s) for d in a.datasets for s in a.seeds if (d, s) not in done]
+    if a.rescore:
+        have = {(r["dataset"], r["seed"], r["strategy"]) for r in rows}
+        todo = [(d, s) for d, s in sorted(done) if d in a.datasets and s in a.seeds
+                and (RUNS / f"{d}__{s}" / "latents.npy").exists()
+                and any((d, s, x) not in have for x in a.rescore)]
 
     def run(job):
+        args = ["--rescore-one", job[0], str(job[1]), *a.rescore] if a.rescore else ["--one", *map(str, job)]
         try:
-            return harness.run_case(__file__, ["--one", *job], env={"BENCH_THREADS": str(a.threads)})
+            return harness.run_case(__file__, args, env={"BENCH_THREADS": str(a.threads)})
         except harness.CaseFailed as e:
             print(f"{job} FAILED: {e}", flush=True)
             return None
@@ -234,7 +264,8 @@ def main() -> None:
                     harness.append_row(log, r)
                 rows += res["rows"]
                 r0 = res["rows"][0]
-                print(f"{r0['dataset']} seed {r0['seed']} done ({r0['fit_s']:.0f}s fit)", flush=True)
+                print(f"{r0['dataset']} seed {r0['seed']} done"
+                      + (f" ({r0['fit_s']:.0f}s fit)" if "fit_s" in r0 else " (rescored)"), flush=True)
     if rows:
         plot(rows)
         write_block("bench_labelling", "## bench_labelling: labels per human look\n\n"

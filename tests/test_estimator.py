@@ -48,6 +48,21 @@ def test_same_seed_same_labels(blobs):
     assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
 
 
+def test_data_on_device_takes_the_loaders_batches(blobs):
+    """The images held as one tensor (data_on_device, the GPU path; forced here on the CPU) give
+    the loader's batches in the loader's order with the same noise: the same losses and labels
+    (the weights agree to float rounding, not bit for bit)."""
+    x, _ = blobs
+    a = DVC(3, random_state=1, data_on_device=False, **FAST).fit(x)
+    b = DVC(3, random_state=1, data_on_device=True, **FAST).fit(x)
+    assert np.array_equal(a.labels_, b.labels_)
+    la = [r["loss"] for r in a.history_ if r["phase"] == "pretrain"]
+    assert la == pytest.approx([r["loss"] for r in b.history_ if r["phase"] == "pretrain"], rel=1e-6)
+    assert np.allclose(a.transform(x), b.transform(x), atol=1e-3)
+    with pytest.raises(DVClustError, match="data_on_device"):
+        DVC(3, data_on_device="yes", **FAST).fit(x)
+
+
 def test_not_fitted_and_wrong_shape(blobs):
     x, _ = blobs
     with pytest.raises(NotFittedError):

@@ -104,6 +104,10 @@ class Config:
     device: str = "auto"             # "auto", "cpu", "cuda", "cuda:1", ...
     num_threads: int = 0             # torch CPU threads; 0 keeps torch's default
     precision: str = "auto"          # "auto" (bf16 autocast on CUDA), "fp32", "bf16"
+    # The whole set as one tensor on the device, batches gathered there (no loader, no copy per
+    # batch): "auto" = on CUDA for an in-memory set that takes under half the free device memory;
+    # true / false force it. The same batches either way, so the same result.
+    data_on_device: bool | str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,6 +145,8 @@ class Config:
         need(self.augment in (True, False, "auto", "off", *POLICIES), "augment",
              f"use auto, off or one of {', '.join(POLICIES)}")
         need(self.views in (1, 2) and not isinstance(self.views, bool), "views", "expected 1 or 2")
+        need(self.data_on_device in (True, False, "auto"), "data_on_device",
+             "expected true, false or auto")
 
     @property
     def variational(self) -> bool:

@@ -33,6 +33,8 @@ PROPAGATION_NEIGHBOURS = 10       # docs/DECISIONS.md, "propagation"
 PROPAGATION_REFERENCE = 20_000    # labelled images kept as neighbours, at most (a seeded sample)
 TYPICAL_NEIGHBOURS = 20           # TypiClust's k
 TYPICAL_SAMPLE = 2_000            # members per cluster that typicality is computed among, at most
+TYPICAL_BY = ("density", "confidence", "core")
+CORE_FRACTION = 4                 # core: density among the most confident 1/4 of the members
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -233,14 +235,14 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
     highest q). Rows: cluster, rank, index, source."""
     from .rundir import read_labels
 
-    if how not in ("density", "confidence"):
-        raise DVClustError(f"--by {how!r}: use density or confidence")
+    if how not in TYPICAL_BY:
+        raise DVClustError(f"--by {how!r}: use {', '.join(TYPICAL_BY)}")
     if per_cluster < 1:
         raise DVClustError(f"--per-cluster {per_cluster}: expected 1 or more")
     lab = read_labels(run_dir)
     clusters = lab["cluster"].astype(int)
     conf = lab["confidence"].astype(float)
-    z = latents(run_dir) if how == "density" else None
+    z = latents(run_dir) if how != "confidence" else None
     sizes = np.bincount(clusters)
     rows = []
     for c in np.argsort(-sizes, kind="stable"):
@@ -248,8 +250,10 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
         if not len(members):
             continue
         members = members[np.argsort(-conf[members], kind="stable")]
-        if how == "density":
-            pool = np.sort(members[:TYPICAL_SAMPLE])
+        if how != "confidence":
+            take = TYPICAL_SAMPLE if how == "density" else \
+                min(TYPICAL_SAMPLE, max(5 * per_cluster, len(members) // CORE_FRACTION))
+            pool = np.sort(members[:take])
             score = typicality(np.asarray(z[pool], dtype=np.float64))
             chosen = pool[np.argsort(-score, kind="stable")[:per_cluster]]
         else:

@@ -66,6 +66,7 @@ class DVC(BaseClusterer):
                  prior_kl_in_clustering: bool = _D.prior_kl_in_clustering,
                  q_from: str = _D.q_from, device: str = _D.device,
                  num_threads: int = _D.num_threads, precision: str = _D.precision,
+                 data_on_device: bool | str = _D.data_on_device,
                  random_state: int = _D.seed, verbose: bool = False, **unknown):
         refuse_unknown(self, unknown)
         self.n_clusters, self.method, self.latent_dim = n_clusters, method, latent_dim
@@ -78,7 +79,7 @@ class DVC(BaseClusterer):
         self.alpha, self.update_interval, self.tol = alpha, update_interval, tol
         self.prior_kl_in_clustering, self.q_from = prior_kl_in_clustering, q_from
         self.device, self.num_threads, self.precision = device, num_threads, precision
-        self.random_state, self.verbose = random_state, verbose
+        self.data_on_device, self.random_state, self.verbose = data_on_device, random_state, verbose
 
     # --- training ------------------------------------------------------------------------------
     def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False,

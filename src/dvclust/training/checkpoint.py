@@ -29,7 +29,7 @@ from ..io import load_checkpoint, save_checkpoint
 from ..runtime import versions
 
 # Keys that may differ between an interrupted run and its resumption without changing the result.
-RUNTIME_KEYS = {"device", "num_threads"}
+RUNTIME_KEYS = {"device", "num_threads", "data_on_device"}
 
 
 @dataclass

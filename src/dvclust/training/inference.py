@@ -14,12 +14,16 @@ from .distributed import Dist
 from .model import DVCModel
 
 
-def _batches(images: np.ndarray, rows: range, batch_size: int, device: torch.device):
+def _batches(images: np.ndarray | torch.Tensor, rows: range, batch_size: int, device: torch.device):
+    """Batches of rows as floats on `device`; `images` may be a tensor already there
+    (config.data_on_device)."""
     for s in range(rows.start, rows.stop, batch_size):
         e = min(s + batch_size, rows.stop)
-        # np.require copies only read-only slices (of a memory-mapped .npy), which torch rejects
-        chunk = np.require(images[s:e], requirements=["C", "W"])
-        yield s - rows.start, e - rows.start, to_float(torch.from_numpy(chunk).to(device, non_blocking=True))
+        if isinstance(images, torch.Tensor):
+            chunk = images[s:e]
+        else:  # np.require copies only read-only slices (of a memory-mapped .npy), which torch rejects
+            chunk = torch.from_numpy(np.require(images[s:e], requirements=["C", "W"]))
+        yield s - rows.start, e - rows.start, to_float(chunk.to(device, non_blocking=True))
 
 
 @torch.no_grad()

@@ -93,6 +93,9 @@ class Context:
         self.loader = DataLoader(self.dataset, batch_size=max(1, cfg.batch_size // dist.world_size),
                                  sampler=self.sampler, collate_fn=collate_batch, num_workers=0,
                                  pin_memory=dist.device.type == "cuda")
+        self.resident = on_device(images, cfg.data_on_device, dist.device)
+        if self.resident is not None:
+            self.log(f"data on the device: {self.resident.numel() * self.resident.element_size() / 2**20:.0f} MB")
         self.scale = elbo_scale(cfg, images.shape[1:])
         background = background_fraction(images) if cfg.augment == "auto" else None
         policy = cfg.augment_for(images.shape[1:], background)
@@ -103,6 +106,26 @@ class Context:
             raise DVClustError("views=2 needs an augmentation policy (augment: xray, photo, micro "
                                "or digits); augment is off for these images")
         self.augment = make_policy(policy, images.shape[2:]) if policy else None
+
+    @property
+    def data(self) -> np.ndarray | torch.Tensor:
+        """What the whole-dataset passes read: the images on the device where they are there."""
+        return self.images if self.resident is None else self.resident
+
+    def batches(self):
+        """One epoch's (uint8 batch, row indices) in the sampler's order: from the DataLoader, or
+        gathered on the device from the resident tensor (the same rows, sorted within a batch as
+        ImageDataset sorts them, so the same result)."""
+        if self.resident is None:
+            yield from self.loader
+            return
+        # the DataLoader's iterator draws its base seed from the global generator: draw it too, so
+        # that both paths take the same noise afterwards
+        torch.empty((), dtype=torch.int64).random_()
+        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64, device=self.resident.device)
+        for s in range(0, len(order), self.loader.batch_size):
+            idx = order[s:s + self.loader.batch_size].sort().values
+            yield self.resident[idx], idx
 
     @property
     def show(self) -> bool:
@@ -150,6 +173,22 @@ class Context:
                         if k in HISTORY_KEYS})
 
 
+def on_device(images, setting: bool | str, device: torch.device) -> torch.Tensor | None:
+    """The images as one tensor on `device` (config.data_on_device), or None to use the loader.
+    "auto": on CUDA only (on a CPU the loader already gathers from memory), for an in-memory
+    array under half the free device memory."""
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return None
+    if not isinstance(images, np.ndarray) or isinstance(images, np.memmap):
+        if setting is True:
+            raise DVClustError("data_on_device: true needs the images in memory; this set is read "
+                               "from a store on disk (set it to auto or false)")
+        return None
+    if setting == "auto" and images.nbytes > torch.cuda.mem_get_info(device)[0] / 2:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+
+
 def run_epoch(ctx: Context, net: nn.Module, opt: torch.optim.Optimizer, phase: str,
               targets: torch.Tensor | None = None) -> dict:
     st, cfg, dist = ctx.state, ctx.cfg, ctx.dist
@@ -160,7 +199,7 @@ def run_epoch(ctx: Context, net: nn.Module, opt: torch.optim.Optimizer, phase: s
     net.train()
     sums = torch.zeros(4, dtype=torch.float64, device=dist.device)
     t0 = time.perf_counter()
-    bar = tqdm(ctx.loader, desc=f"{'pretrain' if phase == 'pretrain' else 'clustering'} epoch "
+    bar = tqdm(ctx.batches(), total=len(ctx.loader), desc=f"{'pretrain' if phase == 'pretrain' else 'clustering'} epoch "
                f"{st.epoch + 1}", leave=False, disable=ctx.bars, mininterval=1.0)
     for xb, idx in bar:
         x = to_float(xb.to(dist.device, non_blocking=True))
@@ -224,7 +263,7 @@ def init_centres(ctx: Context) -> None:
     """Phase 2: k-means on the posterior means (once, on rank 0, broadcast to every rank)."""
     st, cfg, dist, model = ctx.state, ctx.cfg, ctx.dist, ctx.model
     t0 = time.perf_counter()
-    mu = encode_all(model, ctx.images, dist, precision=cfg.precision)
+    mu = encode_all(model, ctx.data, dist, precision=cfg.precision)
     centers = torch.zeros(cfg.n_clusters, cfg.latent_dim, device=dist.device)
     if dist.is_main:
         centers = torch.from_numpy(kmeans_centers(
@@ -279,7 +318,7 @@ def update_targets(ctx: Context) -> tuple[torch.Tensor, float | None]:
     """Recompute P over every image; returns it and the fraction of labels that changed."""
     st = ctx.state
     t0 = time.perf_counter()
-    q, p = assign_all(ctx.model, ctx.images, ctx.dist, ctx.cfg.precision, st.prior)
+    q, p = assign_all(ctx.model, ctx.data, ctx.dist, ctx.cfg.precision, st.prior)
     labels = q.argmax(1).cpu()
     change = None
     if st.prev_labels is not None:
