@@ -268,9 +268,14 @@ def main() -> None:
                       + (f" ({r0['fit_s']:.0f}s fit)" if "fit_s" in r0 else " (rescored)"), flush=True)
     if rows:
         plot(rows)
+        commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+        commits = sorted({r["stamp"]["commit"] for r in rows})
         write_block("bench_labelling", "## bench_labelling: labels per human look\n\n"
-                    f"Command: `{command}`  \n{harness.stamp_line(a.threads)}; rows in "
-                    "bench/results/labelling.jsonl, plot bench/results/labelling.svg\n\n"
+                    "Commands (rows already in the jsonl are skipped; `--rescore` rows reuse the "
+                    "run folders of the full cases):\n\n" + "".join(f"    {c}\n" for c in commands)
+                    + f"\nRun on this 2-core CPU, 1 torch thread per case, at commits {', '.join(commits)}; "
+                    "each row's stamp (commit, config, device, threads, date) is in "
+                    "bench/results/labelling.jsonl; plot bench/results/labelling.svg\n\n"
                     "Rule (fixed before the run; bench/bench_labelling.py's docstring): K = 5 x "
                     "classes; each cluster named from its M = 1 most typical image (only the L "
                     "largest clusters when L <= K; `M3`: M = min(3, L // K)); the looks left "

@@ -58,9 +58,12 @@ def _sync(device):
 
 def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tuple[float, float]:
     """img/s of forward + loss + backward + Adam on the fitted network, batches already on the
-    device; and the FLOPs per image of one such step."""
+    device, with the loop's augmentation and views (two views: both augmented, concatenated);
+    and the FLOPs per image of one such step. Images are counted as the loop counts them: one per
+    source image, whatever the views."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from dvclust.data.augment import background_fraction, make_policy
     from dvclust.data.dataset import to_float
     from dvclust.runtime import autocast
     from dvclust.training.objectives import batch_loss, elbo_scale
@@ -77,8 +80,14 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tu
         x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
         batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     scale = elbo_scale(cfg, images.shape[1:])
+    policy = cfg.augment_for(images.shape[1:], background_fraction(images) if cfg.augment == "auto" else None)
+    aug = make_policy(policy, images.shape[2:]) if policy else None
 
     def step(x):
+        if aug:
+            x = aug(x) if cfg.views == 1 else torch.cat([aug(x), aug(x)])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.precision):
             out, mu, logvar = net(x)[:3]
         loss = batch_loss(cfg, "pretrain", scale, x, out, mu, logvar, None, None).loss
@@ -88,7 +97,7 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tu
 
     with FlopCounterMode(display=False) as fc:
         step(batches[0])
-    flops = fc.get_total_flops() / len(batches[0])
+    flops = fc.get_total_flops() / len(batches[0])  # per source image (both views in it)
     for x in batches[:2]:  # warm-up
         step(x)
     _sync(device)

@@ -106,7 +106,8 @@ class Config:
     precision: str = "auto"          # "auto" (bf16 autocast on CUDA), "fp32", "bf16"
     # The whole set as one tensor on the device, batches gathered there (no loader, no copy per
     # batch): "auto" = on CUDA for an in-memory set that takes under half the free device memory;
-    # true / false force it. The same batches either way, so the same result.
+    # true / false force it. The same batches and noise either way (results agree to float
+    # rounding, tests/test_estimator.py).
     data_on_device: bool | str = "auto"
 
     def __post_init__(self) -> None:

@@ -88,6 +88,11 @@ def _image_files(run_dir: Path, lab: dict) -> tuple[object, object, list[Path | 
     return source, data, [original_file(source, data, src, i) for i, src in enumerate(lab["source"])]
 
 
+PNG_PARALLEL_FROM = 20_000   # fewer are written in one process (a pool starts in seconds; not tuned)
+PNG_WORKERS = 8
+_WORKER_DATA = None
+
+
 class _Pngs:
     """The PNGs an export writes (images with no file of their own, as the run saw them): planned
     first, each folder made and checked to lie inside `out` once, then written together, by a
@@ -123,11 +128,6 @@ class _Pngs:
                 pass
 
 
-PNG_PARALLEL_FROM = 20_000   # below this, a pool's start-up costs more than it saves
-PNG_WORKERS = 8
-_WORKER_DATA = None
-
-
 def _png_worker(source) -> None:
     global _WORKER_DATA
     _WORKER_DATA = source.load(verbose=False)
@@ -150,7 +150,7 @@ def _relative_to(root: str):
         plain = os.path.abspath(path)
         for candidate in (plain, str(path.resolve())):
             for base in bases:
-                if candidate.startswith(base) or candidate + os.sep == base:
+                if candidate.startswith(base):
                     return Path(candidate[len(base):]).as_posix()
         via = f" (a link to {path.resolve()})" if str(path.resolve()) != plain else ""
         raise DVClustError(f"{path}{via}: lies outside the Label Studio document root {root}; "

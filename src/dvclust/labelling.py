@@ -33,8 +33,7 @@ PROPAGATION_NEIGHBOURS = 10       # docs/DECISIONS.md, "propagation"
 PROPAGATION_REFERENCE = 20_000    # labelled images kept as neighbours, at most (a seeded sample)
 TYPICAL_NEIGHBOURS = 20           # TypiClust's k
 TYPICAL_SAMPLE = 2_000            # members per cluster that typicality is computed among, at most
-TYPICAL_BY = ("density", "confidence", "core")
-CORE_FRACTION = 4                 # core: density among the most confident 1/4 of the members
+TYPICAL_BY = ("density", "confidence")
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -242,7 +241,7 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
     lab = read_labels(run_dir)
     clusters = lab["cluster"].astype(int)
     conf = lab["confidence"].astype(float)
-    z = latents(run_dir) if how != "confidence" else None
+    z = latents(run_dir) if how == "density" else None
     sizes = np.bincount(clusters)
     rows = []
     for c in np.argsort(-sizes, kind="stable"):
@@ -250,10 +249,8 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
         if not len(members):
             continue
         members = members[np.argsort(-conf[members], kind="stable")]
-        if how != "confidence":
-            take = TYPICAL_SAMPLE if how == "density" else \
-                min(TYPICAL_SAMPLE, max(5 * per_cluster, len(members) // CORE_FRACTION))
-            pool = np.sort(members[:take])
+        if how == "density":
+            pool = np.sort(members[:TYPICAL_SAMPLE])
             score = typicality(np.asarray(z[pool], dtype=np.float64))
             chosen = pool[np.argsort(-score, kind="stable")[:per_cluster]]
         else:
