@@ -55,9 +55,12 @@ def scores(y: np.ndarray, pred) -> dict:
 
 
 def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
-                       max_m: int = 1) -> tuple[np.ndarray, int]:
-    """The simulated annotator through dvclust's own files; returns the labels and looks spent."""
-    from dvclust.labelling import add_corrections, self_labels, set_names, typical
+                       max_m: int = 1, spread: bool = False) -> tuple[np.ndarray, int]:
+    """The simulated annotator through dvclust's own files; returns the labels and looks spent.
+    `spread` (a what-if, not in dvclust): afterwards every image not looked at takes the k-NN
+    vote of the looked-at ones (each typical image with the name its cluster got, each corrected
+    one with its correction) instead of its cluster's name."""
+    from dvclust.labelling import add_corrections, latents, propagate, self_labels, set_names, typical
 
     for f in ("names.json", "corrections.csv"):
         (run / f).unlink(missing_ok=True)
@@ -77,7 +80,18 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
         fix = [int(i) for i in order if s["how"][i] != "corrected"][:left]
         add_corrections(run, [{"index": i, "label": str(y[i])} for i in fix])
         spent += len(fix)
-    return self_labels(run)["label"], spent
+    else:
+        fix = []
+    labels = self_labels(run)["label"]
+    if spread:
+        seen = {i: p.split("=", 1)[1] for c, p in zip(clusters, pairs) for i in chosen[c]}
+        seen.update({i: str(y[i]) for i in fix})
+        known = np.asarray(sorted(seen))
+        rest = np.setdiff1d(np.arange(len(y)), known)
+        labels = np.asarray(labels, dtype=object)
+        labels[known] = [seen[i] for i in known]
+        labels[rest], _ = propagate(latents(run), known, labels[known], rest)
+    return labels, spent
 
 
 def one(dataset: str, seed: int) -> dict:
@@ -152,9 +166,10 @@ def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
     k = OVERCLUSTER * c
     rows = []
     for name in strategies:
-        by, *m3 = name[len("dvclust["):-1].split(",")
+        by, *opts = name[len("dvclust["):-1].split(",")
         for b in BUDGETS:
-            pred, spent = cluster_then_label(run, data.labels, b * c, k, by, 3 if m3 else 1)
+            pred, spent = cluster_then_label(run, data.labels, b * c, k, by, 3 if "M3" in opts else 1,
+                                             "spread" in opts)
             rows.append({"dataset": dataset, "seed": seed, "n": len(data), "classes": c, "k": k,
                          "budget_per_class": b, "looks": b * c, "looks_spent": spent,
                          "strategy": name, "rescored": True, **scores(data.labels, pred)})
