@@ -41,6 +41,7 @@ from harness import RESULTS
 from results_md import write_block
 
 BUDGETS = (2, 5, 10, 20, 50)
+DEFAULT = "dvclust[confidence]"   # `dvclust typical`'s default (docs/DECISIONS.md)
 OVERCLUSTER = 5          # K = 5 x C
 RUNS = RESULTS / "runs" / "labelling"   # run folders (not committed)
 
@@ -178,15 +179,17 @@ def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     out = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == ds]
+        strategies = list(dict.fromkeys(r["strategy"] for r in rs))
         seeds = sorted({r["seed"] for r in rs})
         out += [f"\n**{ds}** ({rs[0]['n']:,} images, {rs[0]['classes']} classes, K = {rs[0]['k']}; "
                 f"seeds {', '.join(map(str, seeds))}): macro-F1 of all images, mean over seeds "
-                "(accuracy / balanced accuracy in brackets for dvclust[density])\n",
-                "| looks per class (in all) | " + " | ".join(strategies) + " |",
+                f"(accuracy / balanced accuracy in brackets for {DEFAULT}, dvclust's default)\n",
+                "| looks per class (in all) | " + " | ".join(
+                    s + ("" if (got := sorted({r["seed"] for r in rs if r["strategy"] == s})) == seeds
+                         else f" (seeds {', '.join(map(str, got))})") for s in strategies) + " |",
                 "|---" * (len(strategies) + 1) + "|"]
         for b in BUDGETS:
             cells = []
@@ -194,7 +197,7 @@ def table(rows: list[dict]) -> str:
                 g = [r for r in rs if r["strategy"] == s and r["budget_per_class"] == b]
                 f1 = statistics.mean(r["macro_f1"] for r in g) if g else float("nan")
                 cell = f"{f1:.3f}"
-                if s == "dvclust[density]" and g:
+                if s == DEFAULT and g:
                     cell += (f" ({statistics.mean(r['accuracy'] for r in g):.3f} / "
                              f"{statistics.mean(r['balanced_accuracy'] for r in g):.3f})")
                 cells.append(cell)
@@ -203,11 +206,11 @@ def table(rows: list[dict]) -> str:
         # the target: dvclust at L against random propagation at 2L
         wins = []
         for b in BUDGETS:
-            d = [r["macro_f1"] for r in rs if r["strategy"] == "dvclust[density]" and r["budget_per_class"] == b]
+            d = [r["macro_f1"] for r in rs if r["strategy"] == DEFAULT and r["budget_per_class"] == b]
             r2 = [r["macro_f1"] for r in rs if r["strategy"] == "random@2L" and r["budget_per_class"] == b]
             if d and r2:
                 wins.append(f"{b}: {statistics.mean(d) - statistics.mean(r2):+.3f}")
-        out.append(f"\ndvclust[density] at L minus random@2L (macro-F1): {', '.join(wins)}")
+        out.append(f"\n{DEFAULT} at L minus random@2L (macro-F1): {', '.join(wins)}")
     return "\n".join(out)
 
 
@@ -218,7 +221,7 @@ def plot(rows: list[dict]) -> None:
     parts = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         series = {}
-        for s in ("dvclust[density]", "random@1L", "typiclust@L", "pca-random@1L"):
+        for s in (DEFAULT, "random@1L", "typiclust@L", "pca-random@1L"):
             pts = [(b, statistics.mean(r["macro_f1"] for r in rows if r["dataset"] == ds and
                                        r["strategy"] == s and r["budget_per_class"] == b))
                    for b in BUDGETS if any(r["dataset"] == ds and r["strategy"] == s and

@@ -326,8 +326,8 @@ def typical(
     run_dir: Path = typer.Argument(..., help="a finished run folder"),
     per_cluster: int = typer.Option(5, "--per-cluster", "-m", help="images per cluster"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV (default RUN_DIR/typical.csv)"),
-    by: By = typer.Option(By.density, "--by", help="density (TypiClust: densest in latent space) "
-                          "or confidence (highest q)"),
+    by: By = typer.Option(By.confidence, "--by", help="confidence (highest q) or density "
+                          "(TypiClust: densest in latent space)"),
 ):
     """The images to look at to name each cluster: cluster,rank,index,source (largest cluster first)."""
     from .labelling import write_typical

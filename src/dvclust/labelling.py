@@ -226,12 +226,12 @@ def typicality(z: np.ndarray, k: int = TYPICAL_NEIGHBOURS) -> np.ndarray:
     return 1.0 / (d[:, 1:].mean(1) + 1e-12)
 
 
-def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
+def typical(run_dir: Path, per_cluster: int = 5, how: str = "confidence",
             seed: int = 0) -> list[dict]:
     """For each cluster (largest first), the `per_cluster` images to show a person so that they
-    can name it: the densest in latent space (`density`, as TypiClust; among a sample of at most
-    TYPICAL_SAMPLE of the cluster's most confident members) or the most confident (`confidence`,
-    highest q). Rows: cluster, rank, index, source."""
+    can name it: the most confident (`confidence`, highest q; the default, docs/DECISIONS.md "From
+    clusters to labels") or the densest in latent space (`density`, as TypiClust; among at most
+    TYPICAL_SAMPLE of the cluster's most confident members). Rows: cluster, rank, index, source."""
     from .rundir import read_labels
 
     if how not in TYPICAL_BY:
@@ -261,7 +261,7 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "density",
 
 
 def write_typical(run_dir: Path, per_cluster: int = 5, out: Path | None = None,
-                  how: str = "density") -> Path:
+                  how: str = "confidence") -> Path:
     rows = typical(run_dir, per_cluster, how)
     out = Path(out) if out else Path(run_dir) / "typical.csv"
     keys = ["cluster", "rank", "index", "source"]
