@@ -230,7 +230,7 @@ def plot(rows: list[dict]) -> None:
                 series[s] = ([p[0] for p in pts], [p[1] for p in pts])
         parts.append(lines(series, f"{ds}: macro-F1 against looks per class", w=420, h=260))
     write_text_atomic(RESULTS / "labelling.svg",
-                      "<svg xmlns='http://www.w3.org/2000/svg' width='1700' height='280'>" +
+                      f"<svg xmlns='http://www.w3.org/2000/svg' width='{430 * len(parts)}' height='280'>" +
                       "".join(f"<g transform='translate({430 * i},0)'>{p}</g>" for i, p in enumerate(parts))
                       + "</svg>")
 
@@ -291,7 +291,7 @@ def main() -> None:
         write_block("bench_labelling", "## bench_labelling: labels per human look\n\n"
                     "Commands (rows already in the jsonl are skipped; `--rescore` rows reuse the "
                     "run folders of the full cases):\n\n" + "".join(f"    {c}\n" for c in commands)
-                    + f"\nRun on this 2-core CPU, 1 torch thread per case, at commits {', '.join(commits)}; "
+                    + f"\nRun on this 2-core CPU (torch threads per case: each command's --threads, default 1), at commits {', '.join(commits)}; "
                     "each row's stamp (commit, config, device, threads, date) is in "
                     "bench/results/labelling.jsonl; plot bench/results/labelling.svg\n\n"
                     "Rule (fixed before the run; bench/bench_labelling.py's docstring): K = 5 x "
