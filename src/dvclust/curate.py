@@ -70,14 +70,19 @@ def _within(root: Path, source: str) -> Path:
     return path
 
 
-def original_file(source, data, src: str, i: int) -> Path | None:
-    """Row i's original file where the run read one whole file per image; None where there is
-    none (arrays such as MNIST, frames of a DICOM, slices of a NIfTI). Decided from what the data
-    is (the store's items), never from a file name; kept inside the run's data folder."""
+def data_root(source) -> Path:
+    """The folder a run's `source` paths are relative to."""
+    root = Path(source.path)
+    return root if root.is_dir() else root.parent
+
+
+def original_file(root: Path, data, src: str, i: int) -> Path | None:
+    """Row i's original file (under `root`, data_root) where the run read one whole file per
+    image; None where there is none (arrays such as MNIST, frames of a DICOM, slices of a NIfTI).
+    Decided from what the data is (the store's items), never from a file name; kept inside root."""
     if data.items is None or data.items[i]:
         return None
-    root = Path(source.path)
-    return _within(root if root.is_dir() else root.parent, src)
+    return _within(root, src)
 
 
 def _image_files(run_dir: Path, lab: dict) -> tuple[object, object, list[Path | None]]:
@@ -85,7 +90,8 @@ def _image_files(run_dir: Path, lab: dict) -> tuple[object, object, list[Path | 
     PNG of the image as the run saw it)."""
     source = run_source(run_dir)
     data = source.load(verbose=False)
-    return source, data, [original_file(source, data, src, i) for i, src in enumerate(lab["source"])]
+    root = data_root(source)
+    return source, data, [original_file(root, data, src, i) for i, src in enumerate(lab["source"])]
 
 
 PNG_PARALLEL_FROM = 20_000   # fewer are written in one process (a pool starts in seconds; not tuned)
@@ -95,20 +101,25 @@ _WORKER_DATA = None
 
 class _Pngs:
     """The PNGs an export writes (images with no file of their own, as the run saw them): planned
-    first, each folder made and checked to lie inside `out` once, then written together, by a
-    pool of processes where there are many (10^6 PNGs one at a time took minutes)."""
+    first, each folder made and checked to lie inside `out` once (`folder`, which the folders
+    export also uses for its links), then written together, by a pool of processes where there
+    are many (10^6 PNGs one at a time took minutes)."""
 
     def __init__(self, out: Path, source, data):
         self.out, self.source, self.data = out, source, data
         self.jobs: list[tuple[int, str]] = []
         self.checked: set[Path] = set()
 
-    def place(self, i: int, folder: Path) -> Path:
+    def folder(self, folder: Path) -> Path:
+        """`folder`, made and checked to lie inside the export the first time it is asked for."""
         if folder not in self.checked:
             folder.mkdir(parents=True, exist_ok=True)
             _inside(self.out, folder)
             self.checked.add(folder)
-        path = folder / f"{i:08d}.png"
+        return folder
+
+    def place(self, i: int, folder: Path) -> Path:
+        path = self.folder(folder) / f"{i:08d}.png"
         self.jobs.append((i, str(path)))
         return path
 
@@ -240,10 +251,7 @@ def _folders(out: Path, files, pngs: _Pngs, shown, copy: bool) -> Path:
         if p is None:
             pngs.place(i, folder)
             continue
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            _inside(out, folder)
-        target = folder / f"{i:08d}_{p.name}"
+        target = pngs.folder(folder) / f"{i:08d}_{p.name}"
         if copy:
             shutil.copyfile(p, target)
         else:

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import labelling
-from ..curate import export, original_file, review_queue
+from ..curate import data_root, export, original_file, review_queue
 from ..data.images import to_pil
 from ..errors import DVClustError
 from ..io import write_text_atomic
@@ -62,6 +62,7 @@ class ReviewRun:
         self.n = len(self.lab["cluster"])
         self.source = run_source(self.run_dir)
         self.data = self.source.load(verbose=False)
+        self.root = data_root(self.source)
         if len(self.data) != self.n:
             raise DVClustError(f"{self.run_dir}: labels.csv has {self.n} rows but the data "
                                f"({self.source.path}) now holds {len(self.data)} images")
@@ -157,7 +158,7 @@ class ReviewRun:
 
     def original(self, i: int) -> Path | None:
         """The image's own file, where there is one (curate.original_file) a browser can show."""
-        path = original_file(self.source, self.data, str(self.lab["source"][i]), i)
+        path = original_file(self.root, self.data, str(self.lab["source"][i]), i)
         return path if path is not None and path.suffix.lower() in BROWSER_TYPES \
             and path.is_file() else None
 
