@@ -55,13 +55,37 @@ def scores(y: np.ndarray, pred) -> dict:
             "macro_f1": f1_score(y, pred, average="macro", labels=np.unique(y))}
 
 
+def result_row(dataset: str, seed: int, n: int, c: int, k: int, strategy: str, budget: int,
+               y: np.ndarray, pred, spent: int) -> dict:
+    return {"dataset": dataset, "seed": seed, "n": n, "classes": c, "k": k,
+            "budget_per_class": budget, "looks": budget * c, "looks_spent": spent,
+            "strategy": strategy, **scores(y, pred)}
+
+
+def propagated(z: np.ndarray, known: np.ndarray, known_labels, n: int, seed: int = 0) -> np.ndarray:
+    """Every image's label: the `known` ones keep `known_labels`, the rest by labelling.propagate."""
+    from dvclust.labelling import propagate
+
+    pred = np.empty(n, dtype=object)
+    pred[known] = known_labels
+    rest = np.setdiff1d(np.arange(n), known)
+    pred[rest], _ = propagate(z, known, pred[known], rest, seed)
+    return pred
+
+
+def run_strategy(run: Path, y: np.ndarray, looks: int, k: int, name: str) -> tuple[np.ndarray, int]:
+    """cluster_then_label for a strategy named "dvclust[BY]", "dvclust[BY,M3]" or "...,spread"."""
+    by, *opts = name[len("dvclust["):-1].split(",")
+    return cluster_then_label(run, y, looks, k, by, 3 if "M3" in opts else 1, "spread" in opts)
+
+
 def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
                        max_m: int = 1, spread: bool = False) -> tuple[np.ndarray, int]:
     """The simulated annotator through dvclust's own files; returns the labels and looks spent.
     `spread` (a what-if, not in dvclust): afterwards every image not looked at takes the k-NN
     vote of the looked-at ones (each typical image with the name its cluster got, each corrected
     one with its correction) instead of its cluster's name."""
-    from dvclust.labelling import add_corrections, latents, propagate, self_labels, set_names, typical
+    from dvclust.labelling import add_corrections, latents, self_labels, set_names, typical
 
     for f in ("names.json", "corrections.csv"):
         (run / f).unlink(missing_ok=True)
@@ -88,10 +112,7 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
         seen = {i: p.split("=", 1)[1] for c, p in zip(clusters, pairs) for i in chosen[c]}
         seen.update({i: str(y[i]) for i in fix})
         known = np.asarray(sorted(seen))
-        rest = np.setdiff1d(np.arange(len(y)), known)
-        labels = np.asarray(labels, dtype=object)
-        labels[known] = [seen[i] for i in known]
-        labels[rest], _ = propagate(latents(run), known, labels[known], rest)
+        labels = propagated(latents(run), known, [seen[i] for i in known], len(y))
     return labels, spent
 
 
@@ -101,7 +122,7 @@ def one(dataset: str, seed: int) -> dict:
     from sklearn.decomposition import PCA
 
     from dvclust import Config
-    from dvclust.labelling import propagate, typicality
+    from dvclust.labelling import typicality
     from dvclust.rundir import DataSource, fit_run
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
@@ -123,24 +144,16 @@ def one(dataset: str, seed: int) -> dict:
     rows = []
 
     def add(strategy, budget, looks, pred, spent):
-        rows.append({"dataset": dataset, "seed": seed, "n": len(data), "classes": c, "k": k,
-                     "budget_per_class": budget, "looks": looks, "looks_spent": spent,
-                     "strategy": strategy, **scores(y, pred)})
+        rows.append(result_row(dataset, seed, len(data), c, k, strategy, budget, y, pred, spent))
 
     def random_prop(space, n_looks):
         known = np.sort(rng.choice(len(y), min(n_looks, len(y)), replace=False))
-        pred = np.asarray([str(v) for v in y], dtype=object)
-        rest = np.setdiff1d(np.arange(len(y)), known)
-        pred[rest], _ = propagate(space, known, pred[known], rest, seed)
-        return pred
+        return propagated(space, known, [str(v) for v in y[known]], len(y), seed)
 
     for b in BUDGETS:
         looks = b * c
-        for name, by, max_m in (("dvclust[density]", "density", 1),
-                                ("dvclust[confidence]", "confidence", 1),
-                                ("dvclust[density,M3]", "density", 3)):
-            pred, spent = cluster_then_label(run, y, looks, k, by, max_m)
-            add(name, b, looks, pred, spent)
+        for name in ("dvclust[density]", "dvclust[confidence]", "dvclust[density,M3]"):
+            add(name, b, looks, *run_strategy(run, y, looks, k, name))
         for mult in (1, 2):
             add(f"random@{mult}L", b, looks, random_prop(z, mult * looks), mult * looks)
             add(f"pca-random@{mult}L", b, looks, random_prop(pca, mult * looks), mult * looks)
@@ -151,29 +164,21 @@ def one(dataset: str, seed: int) -> dict:
             if len(members):
                 known.append(members[np.argmax(typicality(z[members].astype(np.float64)))])
         known = np.sort(np.asarray(known))
-        pred = np.asarray([str(v) for v in y], dtype=object)
-        rest = np.setdiff1d(np.arange(len(y)), known)
-        pred[rest], _ = propagate(z, known, pred[known], rest, seed)
-        add("typiclust@L", b, looks, pred, len(known))
+        add("typiclust@L", b, looks, propagated(z, known, [str(v) for v in y[known]], len(y), seed),
+            len(known))
     st = harness.stamp(cfg.to_dict())
     return {"rows": [{**r, "fit_s": fit_s, "stamp": st} for r in rows]}
 
 
 def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
-    """Only the cluster-then-label `strategies` ("dvclust[BY]" or "dvclust[BY,M3]") on the run
+    """Only the cluster-then-label `strategies` (run_strategy's names) on the run
     folder an earlier full case kept: a new way of choosing the images, same representation."""
     data, c = harness.load(dataset)
     run = RUNS / f"{dataset}__{seed}"
     k = OVERCLUSTER * c
-    rows = []
-    for name in strategies:
-        by, *opts = name[len("dvclust["):-1].split(",")
-        for b in BUDGETS:
-            pred, spent = cluster_then_label(run, data.labels, b * c, k, by, 3 if "M3" in opts else 1,
-                                             "spread" in opts)
-            rows.append({"dataset": dataset, "seed": seed, "n": len(data), "classes": c, "k": k,
-                         "budget_per_class": b, "looks": b * c, "looks_spent": spent,
-                         "strategy": name, "rescored": True, **scores(data.labels, pred)})
+    rows = [{**result_row(dataset, seed, len(data), c, k, name, b, data.labels,
+                          *run_strategy(run, data.labels, b * c, k, name)), "rescored": True}
+            for name in strategies for b in BUDGETS]
     st = harness.stamp()
     return {"rows": [{**r, "stamp": st} for r in rows]}
 
