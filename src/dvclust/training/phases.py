@@ -113,14 +113,16 @@ class Context:
         return self.images if self.resident is None else self.resident
 
     def batches(self):
-        """One epoch's (uint8 batch, row indices) in the sampler's order: from the DataLoader, or
-        gathered on the device from the resident tensor (the same rows, sorted within a batch as
-        ImageDataset sorts them, so the same result)."""
-        if self.resident is None:
-            yield from self.loader
-            return
-        # the DataLoader's iterator draws its base seed from the global generator: draw it too, so
-        # that both paths take the same noise afterwards
+        """One epoch's (uint8 batch, row indices) in the sampler's order: the DataLoader, or
+        batches gathered on the device from the resident tensor (the same rows, sorted within a
+        batch as ImageDataset sorts them, so the same result)."""
+        return self.loader if self.resident is None else self._resident_batches()
+
+    def _resident_batches(self):
+        # run_epoch's tqdm.auto bar makes two DataLoader iterators (one when it is built, one
+        # when it is iterated), and each draws a base seed from the global generator: draw both,
+        # so that both paths take the same noise afterwards
+        torch.empty((), dtype=torch.int64).random_()
         torch.empty((), dtype=torch.int64).random_()
         order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64, device=self.resident.device)
         for s in range(0, len(order), self.loader.batch_size):
