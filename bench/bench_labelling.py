@@ -26,6 +26,7 @@ bench/RESULTS.md, with a plot bench/results/labelling.svg.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -56,8 +57,8 @@ def scores(y: np.ndarray, pred) -> dict:
 
 
 def result_row(dataset: str, seed: int, n: int, c: int, k: int, strategy: str, budget: int,
-               y: np.ndarray, pred, spent: int) -> dict:
-    return {"dataset": dataset, "seed": seed, "n": n, "classes": c, "k": k,
+               y: np.ndarray, pred, spent: int, variant: str = "") -> dict:
+    return {"dataset": dataset, "variant": variant, "seed": seed, "n": n, "classes": c, "k": k,
             "budget_per_class": budget, "looks": budget * c, "looks_spent": spent,
             "strategy": strategy, **scores(y, pred)}
 
@@ -116,27 +117,40 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     return labels, spent
 
 
-def one(dataset: str, seed: int) -> dict:
+def variant_name(settings: list[str]) -> str:
+    """The config settings a case changes from the defaults, as the rows and run folders name them."""
+    return " ".join(sorted(settings))
+
+
+def run_folder(dataset: str, seed: int, variant: str = "") -> Path:
+    return RUNS / (f"{dataset}__{seed}" + (f"__{variant.replace(' ', '__')}" if variant else ""))
+
+
+def one(dataset: str, seed: int, settings: list[str]) -> dict:
     import torch
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     from dvclust import Config
     from dvclust.labelling import typicality
-    from dvclust.rundir import DataSource, fit_run
+    from dvclust.rundir import fit_run
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    data, c = harness.load(dataset)
+    source, c = harness.source(dataset)
+    data = source.load(verbose=False)
     y = data.labels
     k = OVERCLUSTER * c
-    run = RUNS / f"{dataset}__{seed}"
+    variant = variant_name(settings)
+    run = run_folder(dataset, seed, variant)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    cfg = Config(n_clusters=k, seed=seed)
+    cfg = Config(n_clusters=k, seed=seed, **dict(harness.parse_setting(x) for x in settings))
     t0 = time.perf_counter()
-    src, _, split, opts = harness.dataset_spec(dataset)
-    fit_run(data, cfg, run, DataSource(str(src), split), verbose=False)
+    fit_run(data, cfg, run, source, verbose=False)
     fit_s = time.perf_counter() - t0
+    fitted = json.loads((run / "metrics.json").read_text())
+    fit = {"fit_nmi": fitted.get("nmi"), "fit_acc": fitted.get("acc"),
+           "clusters_used": sum(1 for n in fitted["cluster_sizes"] if n)}
     z = np.load(run / "latents.npy")
     rng = np.random.default_rng(seed)
     flat = np.asarray(data.images[:], dtype=np.float32).reshape(len(data), -1)
@@ -144,7 +158,8 @@ def one(dataset: str, seed: int) -> dict:
     rows = []
 
     def add(strategy, budget, looks, pred, spent):
-        rows.append(result_row(dataset, seed, len(data), c, k, strategy, budget, y, pred, spent))
+        rows.append(result_row(dataset, seed, len(data), c, k, strategy, budget, y, pred, spent,
+                               variant))
 
     def random_prop(space, n_looks):
         known = np.sort(rng.choice(len(y), min(n_looks, len(y)), replace=False))
@@ -167,14 +182,14 @@ def one(dataset: str, seed: int) -> dict:
         add("typiclust@L", b, looks, propagated(z, known, [str(v) for v in y[known]], len(y), seed),
             len(known))
     st = harness.stamp(cfg.to_dict())
-    return {"rows": [{**r, "fit_s": fit_s, "stamp": st} for r in rows]}
+    return {"rows": [{**r, "fit_s": fit_s, **fit, "stamp": st} for r in rows]}
 
 
 def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
     """Only the cluster-then-label `strategies` (run_strategy's names) on the run
     folder an earlier full case kept: a new way of choosing the images, same representation."""
     data, c = harness.load(dataset)
-    run = RUNS / f"{dataset}__{seed}"
+    run = run_folder(dataset, seed)
     k = OVERCLUSTER * c
     rows = [{**result_row(dataset, seed, len(data), c, k, name, b, data.labels,
                           *run_strategy(run, data.labels, b * c, k, name)), "rescored": True}
@@ -185,12 +200,17 @@ def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     out = []
-    for ds in dict.fromkeys(r["dataset"] for r in rows):
-        rs = [r for r in rows if r["dataset"] == ds]
+    for ds, variant in dict.fromkeys((r["dataset"], r.get("variant", "")) for r in rows):
+        rs = [r for r in rows if r["dataset"] == ds and r.get("variant", "") == variant]
         strategies = list(dict.fromkeys(r["strategy"] for r in rs))
         seeds = sorted({r["seed"] for r in rs})
-        out += [f"\n**{ds}** ({rs[0]['n']:,} images, {rs[0]['classes']} classes, K = {rs[0]['k']}; "
-                f"seeds {', '.join(map(str, seeds))}): macro-F1 of all images, mean over seeds "
+        fits = {r["seed"]: r for r in rs if r.get("clusters_used")}
+        fitted = (f"; the fit's NMI {statistics.mean(r['fit_nmi'] for r in fits.values()):.3f}, "
+                  f"clusters used {', '.join(str(r['clusters_used']) for r in fits.values())}"
+                  if fits else "")
+        out += [f"\n**{ds}**{f' with `{variant}`' if variant else ''} ({rs[0]['n']:,} images, "
+                f"{rs[0]['classes']} classes, K = {rs[0]['k']}; seeds {', '.join(map(str, seeds))}"
+                f"{fitted}): macro-F1 of all images, mean over seeds "
                 f"(accuracy / balanced accuracy in brackets for {DEFAULT}, dvclust's default)\n",
                 "| looks per class (in all) | " + " | ".join(
                     s + ("" if (got := sorted({r["seed"] for r in rs if r["strategy"] == s})) == seeds
@@ -223,6 +243,7 @@ def plot(rows: list[dict]) -> None:
     from dvclust.io import write_text_atomic
     from dvclust.report.svg import lines
 
+    rows = [r for r in rows if not r.get("variant")]   # the defaults only
     parts = []
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         series = {}
@@ -249,11 +270,13 @@ def main() -> None:
     ap.add_argument("--tables-only", action="store_true")
     ap.add_argument("--rescore", nargs="+", metavar="STRATEGY",
                     help="only these dvclust[...] strategies, on the run folders kept by earlier cases")
-    ap.add_argument("--one", nargs=2, metavar=("DATASET", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config setting of the DVC fit (repeatable): a variant beside the defaults")
+    ap.add_argument("--one", nargs="+", metavar="DATASET SEED [KEY=VALUE ...]", help=argparse.SUPPRESS)
     ap.add_argument("--rescore-one", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        harness.emit(one(a.one[0], int(a.one[1])))
+        harness.emit(one(a.one[0], int(a.one[1]), a.one[2:]))
         return
     if a.rescore_one:
         harness.emit(rescore(a.rescore_one[0], int(a.rescore_one[1]), a.rescore_one[2:]))
@@ -261,16 +284,20 @@ def main() -> None:
     log = RESULTS / "labelling.jsonl"
     rows = harness.read_rows(log)
     command = harness.command(__file__)
-    done = {(r["dataset"], r["seed"]) for r in rows}
+    variant = variant_name(a.set)
+    done = {(r["dataset"], r["seed"]) for r in rows if r.get("variant", "") == variant}
     todo = [(d, s) for d in a.datasets for s in a.seeds if (d, s) not in done]
     if a.rescore:
-        have = {(r["dataset"], r["seed"], r["strategy"]) for r in rows}
+        if variant:
+            raise SystemExit("--rescore works on the default runs' folders; drop --set")
+        have = {(r["dataset"], r["seed"], r["strategy"]) for r in rows if not r.get("variant")}
         todo = [(d, s) for d, s in sorted(done) if d in a.datasets and s in a.seeds
-                and (RUNS / f"{d}__{s}" / "latents.npy").exists()
+                and (run_folder(d, s) / "latents.npy").exists()
                 and any((d, s, x) not in have for x in a.rescore)]
 
     def run(job):
-        args = ["--rescore-one", job[0], str(job[1]), *a.rescore] if a.rescore else ["--one", *map(str, job)]
+        args = (["--rescore-one", job[0], str(job[1]), *a.rescore] if a.rescore
+                else ["--one", job[0], str(job[1]), *a.set])
         try:
             return harness.run_case(__file__, args, env={"BENCH_THREADS": str(a.threads)})
         except harness.CaseFailed as e:

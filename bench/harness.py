@@ -41,20 +41,32 @@ def dataset_spec(name: str):
     return Path(path), int(k), "all", None
 
 
-def load(name: str):
-    """(ImageData, K) of a registered dataset or PATH:K."""
-    from dvclust import load_dataset
+def source(name: str):
+    """(DataSource, K) of a registered dataset or PATH:K: what a run folder records as its data."""
     from dvclust.data import ReadOptions
+    from dvclust.rundir import DataSource
 
     src, k, split, opts = dataset_spec(name)
-    data = load_dataset(src, split=split, **({"options": ReadOptions(**opts)} if opts else {}),
-                        verbose=False)
-    return data, k
+    return DataSource(str(src), split, ReadOptions(**(opts or {}))), k
+
+
+def load(name: str):
+    """(ImageData, K) of a registered dataset or PATH:K."""
+    src, k = source(name)
+    return src.load(verbose=False), k
 
 
 def parse_value(v: str):
     import yaml
     return yaml.safe_load(v)
+
+
+def parse_setting(kv: str) -> tuple[str, object]:
+    """KEY=VALUE of the command line (--set) as a config key and its YAML value."""
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {kv!r}: expected KEY=VALUE")
+    return key, parse_value(value)
 
 
 # ---- one case in its own process --------------------------------------------------------------
