@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from enum import Enum
@@ -17,8 +18,8 @@ from . import curate
 from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
-from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, resumed_source, \
-    run_source, write_labels, write_metrics
+from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, restarted_job, \
+    resumed_source, run_source, write_labels, write_metrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Variational Clustering: label large image collections by clusters.")
@@ -170,6 +171,10 @@ def fit(
                                channels=channels, folder_labels=folder_labels, axis=axis,
                                slices=slices, clip=clip)
     source = DataSource(data, split, ReadOptions(**given), store)
+    if not resume and restarted_job(out):
+        resume = True
+        if os.environ.get("RANK") == "0":
+            typer.echo(f"torchrun restarted the workers: resuming the run in {out}", err=True)
     if resume:
         source = resumed_source(out, source, given)
     cfg, auto = _fit_config(out, config, clusters, k_range, seed, method, sets, resume)

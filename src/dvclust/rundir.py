@@ -26,7 +26,7 @@ from .errors import DVClustError
 from .estimators import estimator_for, load_model
 from .io import atomic_file, file_lock, write_csv_atomic, write_json_atomic, write_text_atomic
 from .runtime import versions
-from .training.distributed import process_group, torchrun_world_size
+from .training.distributed import process_group, torchrun_job, torchrun_world_size
 
 
 class FitResult(NamedTuple):
@@ -134,8 +134,19 @@ def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> No
 # beside the new config. Human work (names, corrections) is never removed: the fit refuses.
 FIT_OUTPUTS = ("labels.csv", "metrics.json", "latents.npy", "history.csv", "skipped.csv",
                "suggest_k.csv", "self_labels.csv", "typical.csv", "review.csv", "report.html",
-               "predictions.csv")
+               "predictions.csv", ".torchrun-job")
 HUMAN_WORK = ("names.json", "corrections.csv")
+JOB_FILE = ".torchrun-job"   # the torchrun job that started the run (see restarted_job)
+
+
+def restarted_job(run_dir: Path) -> bool:
+    """Whether this is a torchrun worker that torchrun restarted (--max-restarts) in the job that
+    started the run in run_dir: it finds that job's id beside a checkpoint, and resumes the run
+    as the same command with --resume would. (TORCHELASTIC_RESTART_COUNT cannot tell: a node
+    whose worker was healthy restarts it for the new rendezvous with the count unchanged.)"""
+    job, started_by = torchrun_job(), run_dir / JOB_FILE
+    return (job is not None and (run_dir / "checkpoint.pt").exists() and started_by.is_file()
+            and started_by.read_text() == job)
 
 
 def clear_stale_outputs(run_dir: Path) -> None:
@@ -185,6 +196,8 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
                 "this run folder now; wait for it to end, or choose another --out"))
             if not resume:
                 clear_stale_outputs(run_dir)
+                if (job := torchrun_job()) is not None:
+                    write_text_atomic(run_dir / JOB_FILE, job)
         if auto_k is not None:
             from .choose_k import pretrain_and_choose_k
 

@@ -22,6 +22,13 @@ def torchrun_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
 
 
+def torchrun_job() -> str | None:
+    """The id of this worker's torchrun job (its --rdzv-id; a fresh one per --standalone or
+    single-node launch), or None outside torchrun or for a job left at the id "none"."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return job if "RANK" in os.environ and job not in ("", "none") else None
+
+
 @dataclass
 class Dist:
     """Rank, world size and device, with collectives that are no-ops when world_size == 1."""
@@ -74,6 +81,14 @@ class Dist:
         if self.active:
             tdist.broadcast(t, src=0)
         return t
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Every rank takes rank 0's buffers (BatchNorm's running statistics). DDP broadcasts
+        them at the start of each forward, but each rank then updates its own copy from its half
+        of the batch, so after training they differ by rank; a pass in evaluation mode reads them."""
+        if self.active:
+            for b in module.buffers():
+                tdist.broadcast(b, src=0)
 
     def shard(self, n: int) -> range:
         """Contiguous slice of 0..n-1 that this rank evaluates (all ranks together cover n)."""

@@ -30,7 +30,10 @@ def _batches(images: np.ndarray | torch.Tensor, rows: range, batch_size: int, de
 def encode_all(model: DVCModel, images: np.ndarray, dist: Dist, batch_size: int = 1024,
                neg_elbo: str | None = None, precision: str = "auto"):
     """Posterior means of every image (and, if `neg_elbo` names a likelihood, the per-image
-    negative ELBO with z = mu). Each rank encodes a contiguous shard; the rows are gathered."""
+    negative ELBO with z = mu). Each rank encodes a contiguous shard with rank 0's BatchNorm
+    statistics (those its checkpoint holds, so that a resumed run evaluates as the uninterrupted
+    one did); the rows are gathered."""
+    dist.sync_buffers(model)
     was_training = model.training
     model.eval()
     rows = dist.shard(len(images))
