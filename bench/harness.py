@@ -105,6 +105,10 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+# the code this process runs: a case that ends after a later commit still ran this one
+STARTED_AT = commit()
+
+
 def stamp(config: dict | None = None, threads: int | None = None) -> dict:
     """What every result row records: code (commit, versions), setting (resolved config) and
     machine (device, threads), and the date."""
@@ -112,7 +116,7 @@ def stamp(config: dict | None = None, threads: int | None = None) -> dict:
 
     from dvclust.runtime import versions
 
-    return {"commit": commit(), "config": config, "date": time.strftime("%Y-%m-%d"),
+    return {"commit": STARTED_AT, "config": config, "date": time.strftime("%Y-%m-%d"),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "threads": threads or torch.get_num_threads(), "versions": versions()}
 
