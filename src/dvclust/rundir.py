@@ -130,13 +130,13 @@ def write_labels(path: Path, data: ImageData, pred: dict[str, np.ndarray]) -> No
     write_csv_atomic(path, header, zip(*cols))
 
 
+JOB_FILE = ".torchrun-job"   # the torchrun job that started the run (see restarted_job)
 # What a fit writes: a fresh fit removes an earlier run's copies, so that nothing stale is read
 # beside the new config. Human work (names, corrections) is never removed: the fit refuses.
 FIT_OUTPUTS = ("labels.csv", "metrics.json", "latents.npy", "history.csv", "skipped.csv",
                "suggest_k.csv", "self_labels.csv", "typical.csv", "review.csv", "report.html",
-               "predictions.csv", ".torchrun-job")
+               "predictions.csv", JOB_FILE)
 HUMAN_WORK = ("names.json", "corrections.csv")
-JOB_FILE = ".torchrun-job"   # the torchrun job that started the run (see restarted_job)
 
 
 def restarted_job(run_dir: Path) -> bool:
