@@ -228,14 +228,20 @@ def table(rows: list[dict]) -> str:
                 cells.append(cell)
             looks = next((r["looks"] for r in rs if r["budget_per_class"] == b), b)
             out.append(f"| {b} ({looks}) | " + " | ".join(cells) + " |")
+        def f1(rows_, strategy, b):
+            g = [r["macro_f1"] for r in rows_ if r["strategy"] == strategy and r["budget_per_class"] == b]
+            return statistics.mean(g) if g else None
+
         # the target: dvclust at L against random propagation at 2L
-        wins = []
-        for b in BUDGETS:
-            d = [r["macro_f1"] for r in rs if r["strategy"] == DEFAULT and r["budget_per_class"] == b]
-            r2 = [r["macro_f1"] for r in rs if r["strategy"] == "random@2L" and r["budget_per_class"] == b]
-            if d and r2:
-                wins.append(f"{b}: {statistics.mean(d) - statistics.mean(r2):+.3f}")
+        wins = [f"{b}: {f1(rs, DEFAULT, b) - f1(rs, 'random@2L', b):+.3f}" for b in BUDGETS
+                if f1(rs, DEFAULT, b) is not None and f1(rs, "random@2L", b) is not None]
         out.append(f"\n{DEFAULT} at L minus random@2L (macro-F1): {', '.join(wins)}")
+        if variant:  # against the default config's fits of the same seeds
+            base = [r for r in rows if r["dataset"] == ds and not r.get("variant") and r["seed"] in seeds]
+            diffs = [f"{b}: {f1(rs, DEFAULT, b) - f1(base, DEFAULT, b):+.3f}" for b in BUDGETS
+                     if f1(base, DEFAULT, b) is not None]
+            out.append(f"\n{DEFAULT} with `{variant}` minus the default config, same seeds "
+                       f"(macro-F1): {', '.join(diffs)}")
     return "\n".join(out)
 
 
