@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from harness import DATASETS, HERE, RESULTS, load, parse_value
+from harness import DATASETS, HERE, RESULTS, load, parse_setting
 from results_md import write_block
 
 CLUSTPY_VENV = HERE / ".venv-clustpy"
@@ -52,7 +52,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
     if not m:
         raise SystemExit(f"method {spec!r}: expected NAME or NAME[key=value,...]")
     sets = [s for s in (m.group(2) or "").split(",") if s]
-    return m.group(1), {k: parse_value(v) for k, v in (s.split("=", 1) for s in sets)}
+    return m.group(1), dict(parse_setting(s) for s in sets)
 
 
 def parse_run(spec: str) -> tuple[str, str, int]:

@@ -62,10 +62,10 @@ def parse_value(v: str):
 
 
 def parse_setting(kv: str) -> tuple[str, object]:
-    """KEY=VALUE of the command line (--set) as a config key and its YAML value."""
+    """KEY=VALUE of the command line (--set, a method's [...]) as a config key and its YAML value."""
     key, sep, value = kv.partition("=")
     if not sep:
-        raise SystemExit(f"--set {kv!r}: expected KEY=VALUE")
+        raise SystemExit(f"setting {kv!r}: expected KEY=VALUE")
     return key, parse_value(value)
 
 

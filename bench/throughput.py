@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    type=lambda kv: (kv.split("=", 1)[0], harness.parse_value(kv.split("=", 1)[1])),
+                    type=harness.parse_setting,
                     help="config changes, e.g. base_channels=32")
     ap.add_argument("--tag", default="", help="suffix of the RESULTS.md block")
     a = ap.parse_args()

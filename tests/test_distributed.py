@@ -69,16 +69,21 @@ def test_distributed_target_equals_single_process():
         np.testing.assert_allclose(out[rank][0], p1.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["dvc", "dec"])  # DEC: a decoder without gradients under DDP
-def test_torchrun_two_processes_end_to_end(tmp_path, method):
+def _blobs_npz(path, n=300):
     rng = np.random.default_rng(0)
-    n = 300
     x = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
     y = np.arange(n) % 3
     for i in range(n):
         r = 2 + 5 * y[i]
         x[i, r:r + 4, r:r + 4] = 0.9
-    np.savez(tmp_path / "blobs.npz", images=x, labels=y)
+    np.savez(path, images=x, labels=y)
+    return y
+
+
+@pytest.mark.parametrize("method", ["dvc", "dec"])  # DEC: a decoder without gradients under DDP
+def test_torchrun_two_processes_end_to_end(tmp_path, method):
+    n = 300
+    y = _blobs_npz(tmp_path / "blobs.npz", n)
 
     def fit():
         return _torchrun_fit(str(tmp_path / "blobs.npz"), "-k", "3", "--out", str(tmp_path / "run"),
@@ -111,17 +116,6 @@ def test_torchrun_pixel_baseline_is_refused_with_one_line(tmp_path):
     assert "method 'kmeans' trains no network and runs in one process" in p.stderr
     assert "/dvclust/" not in p.stderr  # no traceback through our code (torchrun prints its own)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
-
-
-def _blobs_npz(path, n=300):
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
-    y = np.arange(n) % 3
-    for i in range(n):
-        r = 2 + 5 * y[i]
-        x[i, r:r + 4, r:r + 4] = 0.9
-    np.savez(path, images=x, labels=y)
-    return y
 
 
 def _two_nodes(data, out, port, *extra):
