@@ -67,6 +67,9 @@ def main() -> None:
             ("review --n 200", ["review", str(run), "--n", "200"]),
             ("export csv", ["export", str(run), "--format", "csv"]),
             ("export labelstudio", ["export", str(run), "--format", "labelstudio"]),
+            ("export labelstudio --image-url", ["export", str(run), "--format", "labelstudio",
+                                                "--out", str(run / "export_app"),
+                                                "--image-url", "http://127.0.0.1:8765"]),
             ("export folders", ["export", str(run), "--format", "folders"]),
         ]
         for name, args in steps:

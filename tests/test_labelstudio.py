@@ -150,3 +150,29 @@ def _rows(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_label_studio_keeps_the_review_app_urls(label_studio):
+    """Tasks exported with --image-url import as they are: Label Studio's page loads each image
+    from the review app (`dvclust serve`), which answers that URL with the image's own file."""
+    from starlette.testclient import TestClient
+
+    from dvclust.serve import make_app
+
+    client, root = label_studio
+    run = root / "run" if (root / "run").exists() else _run(root)
+    cli("export", run, "--format", "labelstudio", "--out", root / "ls_app",
+        "--image-url", "http://127.0.0.1:8765")
+    config = (root / "ls_app" / "label_config.xml").read_text()
+    r = client.post("/api/projects", json={"title": "dvclust via the app", "label_config": config})
+    assert r.status_code == 201, r.text
+    project = r.json()["id"]
+    tasks = json.loads((root / "ls_app" / "tasks.json").read_text())
+    assert client.post(f"/api/projects/{project}/import", json=tasks).status_code == 201
+    listed = client.get("/api/tasks", params={"project": project, "page_size": 100}).json()
+    listed = listed["tasks"] if isinstance(listed, dict) else listed
+    assert sorted(t["data"]["image"] for t in listed) == sorted(t["data"]["image"] for t in tasks)
+    app = TestClient(make_app(run))
+    for t in listed[:3]:
+        got = app.get(t["data"]["image"].removeprefix("http://127.0.0.1:8765"))
+        assert got.status_code == 200 and got.content == (root / "imgs" / t["data"]["source"]).read_bytes()

@@ -81,6 +81,28 @@ def test_api_reads(run):
     assert c.get("/static/app.js").status_code == 200
 
 
+def test_label_studio_tasks_can_take_their_images_from_the_app(run, tmp_path):
+    """`export --format labelstudio --image-url URL`: each task's image is the app's URL of its
+    row, which serves that image's own file; no image files are written."""
+    import json
+
+    cli("name", run, "0=a", "1=a", "2=b")
+    cli("export", run, "--format", "labelstudio", "--out", tmp_path / "ls",
+        "--image-url", "http://127.0.0.1:8765/")
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert not (tmp_path / "ls" / "images").exists()
+    c, root = client(run), Path(run_source(run).path)
+    by_source = {t["data"]["source"]: t["data"]["image"] for t in tasks}
+    for src, url in list(by_source.items())[::17]:
+        assert url.startswith("http://127.0.0.1:8765/api/images/")
+        assert c.get(url.removeprefix("http://127.0.0.1:8765")).content == (root / src).read_bytes()
+    from dvclust import DVClustError
+    from dvclust.curate import export
+
+    with pytest.raises(DVClustError, match=r"--image-url '127.0.0.1:8765': expected the http"):
+        export(run, "labelstudio", tmp_path / "x", image_url="127.0.0.1:8765")
+
+
 def test_api_writes_what_the_cli_reads_and_undo(run):
     c = client(run)
     assert c.post("/api/names", json={"cluster": 0, "name": "square"}).status_code == 200

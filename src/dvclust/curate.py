@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .data.images import to_pil
+from .data.images import png_bytes
 from .errors import DVClustError
 from .io import atomic_file, write_csv_atomic, write_text_atomic
 from .labelling import cluster_name, load_names, safe_folder, self_labels
@@ -108,20 +108,20 @@ class _Pngs:
     def __init__(self, out: Path, source, data):
         self.out, self.source, self.data = out, source, data
         self.jobs: list[tuple[int, str]] = []
-        self.checked: set[Path] = set()
+        self.checked: dict[Path, str] = {}
 
-    def folder(self, folder: Path) -> Path:
-        """`folder`, made and checked to lie inside the export the first time it is asked for."""
-        if folder not in self.checked:
+    def folder(self, folder: Path) -> str:
+        """`folder` as a path prefix (strings: 10^6 Path joins took seconds), made and checked to
+        lie inside the export the first time it is asked for."""
+        prefix = self.checked.get(folder)
+        if prefix is None:
             folder.mkdir(parents=True, exist_ok=True)
             _inside(self.out, folder)
-            self.checked.add(folder)
-        return folder
+            prefix = self.checked[folder] = str(folder) + os.sep
+        return prefix
 
-    def place(self, i: int, folder: Path) -> Path:
-        path = self.folder(folder) / f"{i:08d}.png"
-        self.jobs.append((i, str(path)))
-        return path
+    def place(self, i: int, prefix: str) -> None:
+        self.jobs.append((i, f"{prefix}{i:08d}.png"))
 
     def write(self) -> None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -147,7 +147,8 @@ def _png_worker(source) -> None:
 def _png_chunk(jobs, data=None) -> None:
     images = (data if data is not None else _WORKER_DATA).images
     for i, path in jobs:
-        to_pil(images[i]).save(path)
+        with open(path, "wb") as f:
+            f.write(png_bytes(images[i]))
 
 
 def _relative_to(root: str):
@@ -170,15 +171,21 @@ def _relative_to(root: str):
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
-           document_root: str = "/") -> Path:
+           document_root: str = "/", image_url: str | None = None) -> Path:
     """Write the run's labels (labelling.self_labels) as `csv`, `labelstudio` tasks or a
     `folders` tree. An image without a label yet goes under its cluster's name (cluster_<id>).
 
     Label Studio serves local files as /data/local-files/?d=PATH, PATH relative to its
-    LOCAL_FILES_DOCUMENT_ROOT; pass that root as `document_root`.
+    LOCAL_FILES_DOCUMENT_ROOT; pass that root as `document_root`. Or its tasks point at the
+    review app (`dvclust serve`) at `image_url`, which serves every image by its row: no files
+    are written, and Label Studio needs no local-files set-up.
     """
     if fmt not in ("csv", "labelstudio", "folders"):
         raise DVClustError(f"--format {fmt!r}: use csv, labelstudio or folders")
+    if image_url is not None and (fmt != "labelstudio"
+                                  or not image_url.startswith(("http://", "https://"))):
+        raise DVClustError(f"--image-url {image_url!r}: expected the http(s):// address of "
+                           "`dvclust serve` for --format labelstudio")
     lab = read_labels(run_dir)
     names = load_names(run_dir)
     s = self_labels(run_dir, lab=lab)
@@ -195,32 +202,44 @@ def export(run_dir: Path, fmt: str, out: Path | None = None, copy: bool = False,
                              [cluster_name(names, c) for c in s["cluster"]], s["label"], s["how"],
                              (f"{c:.6f}" for c in score), lab["outlier_score"]))
         return path
+    if image_url is not None:
+        base = image_url.rstrip("/")
+        return _labelstudio(out, lab["source"], shown, score,
+                            (f"{base}/api/images/{i}/full" for i in range(len(shown))))
     source, data, files = _image_files(run_dir, lab)
     # each export writes its own PNGs (labelstudio: out/images, folders: the tree), so that one
     # never moves or replaces the files another one's output points to
     pngs = _Pngs(out, source, data)
     if fmt == "labelstudio":
-        return _labelstudio(out, files, pngs, lab["source"], shown, score, document_root)
+        return _labelstudio(out, lab["source"], shown, score,
+                            _local_files(out, files, pngs, document_root))
     return _folders(out, files, pngs, shown, copy)
 
 
-def _labelstudio(out: Path, files, pngs: _Pngs, sources, shown, score, document_root: str) -> Path:
-    path = _inside(out, out / "tasks.json")
+def _local_files(out: Path, files, pngs: _Pngs, document_root: str) -> list[str]:
+    """Each image's URL in Label Studio's local-files storage: its own file, or a PNG written to
+    out/images."""
     rel = _relative_to(document_root)
     prefix = None
     for i, p in enumerate(files):
         if p is None:
-            pngs.place(i, out / "images")
-            prefix = prefix or rel(out / "images") + "/"   # once, and only where PNGs are written
+            if prefix is None:  # once, and only where PNGs are written
+                images, prefix = pngs.folder(out / "images"), rel(out / "images") + "/"
+            pngs.place(i, images)
     pngs.write()
+    # percent-encoded: '#', '%', spaces or newlines in a name stay in the path
+    return ["/data/local-files/?d=" + quote(rel(p) if p is not None else f"{prefix}{i:08d}.png")
+            for i, p in enumerate(files)]
+
+
+def _labelstudio(out: Path, sources, shown, score, urls) -> Path:
+    path = _inside(out, out / "tasks.json")
     # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
     with atomic_file(path, "w") as f:
         f.write("[")
-        for i, (p, src, name, conf) in enumerate(zip(files, sources, shown, score)):
-            where = rel(p) if p is not None else f"{prefix}{i:08d}.png"
+        for i, (url, src, name, conf) in enumerate(zip(urls, sources, shown, score)):
             task = {"id": i + 1,
-                    # percent-encoded: '#', '%', spaces or newlines in a name stay in the path
-                    "data": {"image": "/data/local-files/?d=" + quote(where), "source": src},
+                    "data": {"image": url, "source": src},
                     "predictions": [{"model_version": "dvclust", "score": float(conf),
                                      "result": [{"from_name": "label", "to_name": "image",
                                                  "type": "choices",
@@ -243,15 +262,14 @@ def _folders(out: Path, files, pngs: _Pngs, shown, copy: bool) -> Path:
     tree = out / "folders"
     new = out / "folders.partial"
     shutil.rmtree(new, ignore_errors=True)
-    folders: dict[str, Path] = {}
+    folders: dict[str, str] = {}
     for i, (p, name) in enumerate(zip(files, shown)):
         if name not in folders:
-            folders[name] = new / safe_folder(name)
-        folder = folders[name]
+            folders[name] = pngs.folder(new / safe_folder(name))
         if p is None:
-            pngs.place(i, folder)
+            pngs.place(i, folders[name])
             continue
-        target = pngs.folder(folder) / f"{i:08d}_{p.name}"
+        target = f"{folders[name]}{i:08d}_{p.name}"
         if copy:
             shutil.copyfile(p, target)
         else:

@@ -1,6 +1,8 @@
 """The in-memory image collection every reader returns, and the checks that make arrays images."""
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,10 +94,20 @@ def as_labels(y, n: int, source: str = "labels") -> np.ndarray | None:
     return y
 
 
-def to_pil(img):
-    """One image as the run saw it (C x H x W, uint8 or float in [0, 1]) as a PIL image."""
-    from PIL import Image
-
+def png_bytes(img) -> bytes:
+    """One image as the run saw it (C x H x W, 1 channel gray or 3 RGB; uint8 or float in [0, 1])
+    as a PNG file's bytes. Written with zlib directly: PIL's save took two to four times as long
+    per small image, most of it outside the compression, and exports write 10^6 of them."""
     a = np.asarray(img)
     a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
-    return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+    c, h, w = a.shape
+    rows = np.zeros((h, w * c + 1), np.uint8)  # each row: filter type 0 (none), then its bytes
+    rows[:, 1:] = a.transpose(1, 2, 0).reshape(h, w * c)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    colour = {1: 0, 3: 2}[c]  # PNG colour types: gray, RGB
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))

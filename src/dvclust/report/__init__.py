@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from ..config import METHOD_NAMES
 from ..curate import review_queue
-from ..data.images import to_pil
+from ..data.images import png_bytes
 from ..io import write_text_atomic
 from ..labelling import cluster_name, load_names
 from ..rundir import load_run, read_labels, read_run_config, run_source
@@ -26,10 +25,8 @@ GALLERIES_OPEN = 20
 
 def _png(img: np.ndarray) -> str:
     """C x H x W (uint8 or [0,1] float) -> <img> with a data URL."""
-    buf = io.BytesIO()
-    to_pil(img).save(buf, format="PNG")
     return (f'<img class="t" alt="" src="data:image/png;base64,'
-            f'{base64.b64encode(buf.getvalue()).decode()}">')
+            f'{base64.b64encode(png_bytes(img)).decode()}">')
 
 
 def _rows(images, idx) -> np.ndarray:

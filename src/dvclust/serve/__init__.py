@@ -9,7 +9,6 @@ served from the run's own data: nothing else on the disk can be read through the
 """
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import threading
@@ -27,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import labelling
 from ..curate import data_root, export, original_file, review_queue
-from ..data.images import to_pil
+from ..data.images import png_bytes
 from ..errors import DVClustError
 from ..io import write_text_atomic
 from ..labelling import HOW, add_corrections, load_names, read_corrections, set_names, \
@@ -152,9 +151,7 @@ class ReviewRun:
         return {"n": self.n, **counts}
 
     def thumbnail(self, i: int) -> bytes:
-        buf = io.BytesIO()
-        to_pil(self.data.images[i]).save(buf, "PNG")
-        return buf.getvalue()
+        return png_bytes(self.data.images[i])
 
     def original(self, i: int) -> Path | None:
         """The image's own file, where there is one (curate.original_file) a browser can show."""
