@@ -92,3 +92,16 @@ def test_kmeans_centers_separated_blobs():
     assert sorted(np.round(c[:, 0]).tolist()) == [-5, 0, 5]
     c2 = kmeans_centers(x, 3, seed=0, n_init=3, max_samples=60)  # the sampled path
     assert sorted(np.round(c2[:, 0]).tolist()) == [-5, 0, 5]
+
+
+def test_nt_xent_by_hand():
+    """Two images, each view equal to its image: for every anchor the positive has cosine 1 and
+    the two negatives cosine 0, so each term is -log(e^(1/T) / (e^(1/T) + 2))."""
+    from dvclust.losses import nt_xent
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # the norm does not matter: cosine similarity
+    t = 0.5
+    want = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2))
+    assert nt_xent(a, a.clone(), t).item() == pytest.approx(want, rel=1e-6)
+    # swapping the second view's rows makes image 0's positive its negative: the loss rises
+    assert nt_xent(a, a.flip(0), t).item() > want + 1

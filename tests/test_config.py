@@ -56,6 +56,9 @@ def test_augment_policies_and_views():
     assert Config(augment="xray").augment_for((1, 28, 28), background=1.0) == "xray"
     assert Config(augment="off").augment_for((1, 28, 28), background=1.0) is None
     assert Config(augment=True).augment_for((1, 28, 28), background=0.0) == "digits"
-    for key, bad in (("augment", "blur"), ("views", 3), ("views", True), ("balance", -1)):
+    for key, bad in (("augment", "blur"), ("views", 3), ("views", True), ("balance", -1),
+                     ("contrastive", -1)):
         with pytest.raises(DVClustError, match=key):
             Config(**{key: bad})
+    with pytest.raises(DVClustError, match=r"contrastive=0.1 is invalid: needs two views"):
+        Config(contrastive=0.1)

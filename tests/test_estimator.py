@@ -164,3 +164,18 @@ def test_in_a_pipeline_and_grid_search(blobs):
     grid = GridSearchCV(DVC(3, random_state=0, **FAST), {"latent_dim": [2, 4]}, cv=2,
                         scoring=make_scorer(adjusted_rand_score)).fit(x, y)
     assert grid.best_params_["latent_dim"] in (2, 4) and grid.best_estimator_.latent_dim in (2, 4)
+
+
+def test_the_contrastive_term_is_in_the_loss(blobs):
+    """contrastive > 0 adds its NT-Xent to the loss of every epoch that keeps the ELBO; at 0 the
+    loss is the scaled ELBO alone (16x16 images: scale 1/256, beta 0.1)."""
+    x, _ = blobs
+    kw = dict(random_state=0, **FAST, views=2, augment="xray")
+
+    def extra(model):  # the loss beyond the ELBO, per pretraining epoch
+        return [r["loss"] - (r["recon"] + 0.1 * r["kl"]) / 256 for r in model.history_
+                if r["phase"] == "pretrain"]
+
+    assert max(abs(e) for e in extra(DVC(3, **kw).fit(x))) < 1e-5
+    # NT-Xent of 2 x 32 views lies between 0 and log(63): its tenth is well above zero
+    assert all(0.01 < e < 0.1 * np.log(63) for e in extra(DVC(3, contrastive=0.1, **kw).fit(x)))

@@ -75,6 +75,10 @@ class Config:
     # 2: every batch is two augmented views of its images, both reconstructed, and in phase 3 the
     # target P of the image is the target of both views' q (view-consistent DVC). 1: one view.
     views: int = 1
+    # With views 2: weight of NT-Xent between the two views' posterior means (SimCLR's instance
+    # contrast; the negatives are the other images of the process's own batch), wherever the ELBO
+    # is minimised; 0 = off.
+    contrastive: float = 0.0
     # Weight of the negative entropy of the batch's mean q in phase 3 (SCAN's guard against
     # clusters that empty); 0 = off.
     balance: float = 0.0
@@ -133,7 +137,7 @@ class Config:
                  "expected an integer >= 0")
         for key in ("lr", "alpha"):
             need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
-        for key in ("beta", "gamma", "tol", "min_delta", "balance"):
+        for key in ("beta", "gamma", "tol", "min_delta", "balance", "contrastive"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
         need(self.method in METHODS, "method", f"use one of {', '.join(METHODS)}")
         need(self.likelihood in ("bernoulli", "gaussian"), "likelihood", "use 'bernoulli' or 'gaussian'")
@@ -146,6 +150,8 @@ class Config:
         need(self.augment in (True, False, "auto", "off", *POLICIES), "augment",
              f"use auto, off or one of {', '.join(POLICIES)}")
         need(self.views in (1, 2) and not isinstance(self.views, bool), "views", "expected 1 or 2")
+        need(not self.contrastive or self.views == 2, "contrastive",
+             "needs two views of each image (views: 2)")
         need(self.data_on_device in (True, False, "auto"), "data_on_device",
              "expected true, false or auto")
 

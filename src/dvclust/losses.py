@@ -26,3 +26,15 @@ def kl_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def reconstruct(out: torch.Tensor) -> torch.Tensor:
     """Decoder output -> image in [0, 1] (both likelihoods use a sigmoid mean)."""
     return torch.sigmoid(out)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: row i of `a` and row i of `b` (two views of one image) are a positive
+    pair, every other row of both the negatives; cosine similarity over `temperature`, the mean
+    cross-entropy over all 2N anchors."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
+    n = len(a)
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, positive)

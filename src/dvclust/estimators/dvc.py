@@ -56,7 +56,7 @@ class DVC(BaseClusterer):
                  likelihood: str = _D.likelihood, batch_size: int = _D.batch_size,
                  lr: float = _D.lr, beta: float = _D.beta, recon_reduction: str = _D.recon_reduction,
                  augment: bool | str = _D.augment, views: int = _D.views,
-                 balance: float = _D.balance, pretrain_epochs: int = _D.pretrain_epochs,
+                 contrastive: float = _D.contrastive, balance: float = _D.balance, pretrain_epochs: int = _D.pretrain_epochs,
                  patience: int = _D.patience, min_delta: float = _D.min_delta,
                  kmeans_n_init: int = _D.kmeans_n_init,
                  kmeans_max_samples: int = _D.kmeans_max_samples,
@@ -72,7 +72,7 @@ class DVC(BaseClusterer):
         self.n_clusters, self.method, self.latent_dim = n_clusters, method, latent_dim
         self.base_channels, self.likelihood, self.batch_size = base_channels, likelihood, batch_size
         self.lr, self.beta, self.recon_reduction, self.augment = lr, beta, recon_reduction, augment
-        self.views, self.balance = views, balance
+        self.views, self.contrastive, self.balance = views, contrastive, balance
         self.pretrain_epochs, self.patience, self.min_delta = pretrain_epochs, patience, min_delta
         self.kmeans_n_init, self.kmeans_max_samples = kmeans_n_init, kmeans_max_samples
         self.cluster_epochs, self.gamma, self.size_prior = cluster_epochs, gamma, size_prior

@@ -12,7 +12,10 @@ import torch
 
 from ..cluster import kl_clustering_loss
 from ..config import Config
-from ..losses import kl_prior, recon_nll
+from ..losses import kl_prior, nt_xent, recon_nll
+
+
+CONTRASTIVE_TEMPERATURE = 0.5  # SimCLR's value for small images; not tuned here
 
 
 class Terms(NamedTuple):
@@ -37,6 +40,10 @@ def batch_loss(cfg: Config, phase: str, scale: float, x: torch.Tensor, out: torc
     kl = kl_prior(mu.float(), logvar.float()).mean() if cfg.variational else zero
     beta = cfg.beta if (phase == "pretrain" or cfg.prior_kl_in_clustering) else 0.0
     loss = scale * (rec + beta * kl)
+    if cfg.contrastive and (phase == "pretrain" or cfg.recon_in_clustering):
+        # the two views' posterior means (the batch is [view 1; view 2]): the same image close,
+        # the batch's other images apart
+        loss = loss + cfg.contrastive * nt_xent(*mu.float().chunk(2), CONTRASTIVE_TEMPERATURE)
     clu = zero
     if phase == "cluster":
         clu = kl_clustering_loss(p, q.float())
