@@ -91,6 +91,12 @@ def test_exports_parse_back(digits_run, folder_run, tmp_path):
     # Label Studio tasks: the documented shape, local-files URLs to the real files
     tasks = json.loads(export(folder_run, "labelstudio", tmp_path / "ls").read_text())
     assert len(tasks) == len(labels)
+    for i, (t, row) in enumerate(zip(tasks, labels)):  # every task in full, as Label Studio reads it
+        assert t == {"id": i + 1, "data": {"image": t["data"]["image"], "source": row["source"]},
+                     "predictions": [{"model_version": "dvclust", "score": t["predictions"][0]["score"],
+                                      "result": [{"from_name": "label", "to_name": "image",
+                                                  "type": "choices", "value": {"choices": [
+                                                      ("first", "second")[int(row["cluster"])]]}}]}]}
     t = tasks[0]
     assert t["data"]["image"].startswith("/data/local-files/?d=")
     assert os.path.isfile("/" + t["data"]["image"].split("?d=", 1)[1])

@@ -234,17 +234,18 @@ def _local_files(out: Path, files, pngs: _Pngs, document_root: str) -> list[str]
 
 def _labelstudio(out: Path, sources, shown, score, urls) -> Path:
     path = _inside(out, out / "tasks.json")
-    # streamed one task at a time: a list of 10^6 task dicts took 6 GB (bench_report)
+    # Streamed one task at a time (a list of 10^6 task dicts took 6 GB), each task a template
+    # around its few json-encoded strings: json.dumps of a whole task dict per image was the
+    # largest part of the export once no PNGs are written.
+    choice = {name: json.dumps(name) for name in set(shown)}
     with atomic_file(path, "w") as f:
         f.write("[")
         for i, (url, src, name, conf) in enumerate(zip(urls, sources, shown, score)):
-            task = {"id": i + 1,
-                    "data": {"image": url, "source": src},
-                    "predictions": [{"model_version": "dvclust", "score": float(conf),
-                                     "result": [{"from_name": "label", "to_name": "image",
-                                                 "type": "choices",
-                                                 "value": {"choices": [name]}}]}]}
-            f.write(("," if i else "") + "\n" + json.dumps(task))
+            f.write(f'{"," if i else ""}\n{{"id": {i + 1}, "data": {{"image": {json.dumps(url)}, '
+                    f'"source": {json.dumps(src)}}}, "predictions": [{{"model_version": '
+                    f'"dvclust", "score": {float(conf)!r}, "result": [{{"from_name": "label", '
+                    f'"to_name": "image", "type": "choices", "value": {{"choices": '
+                    f'[{choice[name]}]}}}}]}}]}}')
         f.write("\n]\n")
     # the labeling config whose names (label, image) the tasks' predictions use
     choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(set(shown)))
