@@ -205,7 +205,9 @@ def table(rows: list[dict]) -> str:
         strategies = list(dict.fromkeys(r["strategy"] for r in rs))
         seeds = sorted({r["seed"] for r in rs})
         fits = {r["seed"]: r for r in rs if r.get("clusters_used")}
-        fitted = (f"; the fit's NMI {statistics.mean(r['fit_nmi'] for r in fits.values()):.3f}, "
+        # rows from before the fit's scores were recorded have none: say whose these are
+        whose = "" if sorted(fits) == seeds else f" (seed {', '.join(map(str, sorted(fits)))})"
+        fitted = (f"; the fit's NMI{whose} {statistics.mean(r['fit_nmi'] for r in fits.values()):.3f}, "
                   f"clusters used {', '.join(str(r['clusters_used']) for r in fits.values())}"
                   if fits else "")
         out += [f"\n**{ds}**{f' with `{variant}`' if variant else ''} ({rs[0]['n']:,} images, "
