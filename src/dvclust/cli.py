@@ -379,7 +379,7 @@ def export(
     copy: bool = typer.Option(False, help="folders: copy files instead of linking them"),
     document_root: str = typer.Option("/", help="labelstudio: its LOCAL_FILES_DOCUMENT_ROOT"),
     image_url: Optional[str] = typer.Option(
-        None, help="labelstudio: the address of `dvclust serve RUN_DIR` (http://127.0.0.1:8000), "
+        None, help="labelstudio: the address of `dvclust serve RUN_DIR` (http://127.0.0.1:8765), "
         "which then serves the tasks' images: no files written, no local-files set-up"),
 ):
     """Export labels with cluster names: CSV, Label Studio tasks, or a folder per cluster."""

@@ -248,7 +248,7 @@ def _labelstudio(out: Path, sources, shown, score, urls) -> Path:
                     f'[{choice[name]}]}}}}]}}]}}')
         f.write("\n]\n")
     # the labeling config whose names (label, image) the tasks' predictions use
-    choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(set(shown)))
+    choices = "".join(f'\n    <Choice value="{escape(c, quote=True)}"/>' for c in sorted(choice))
     write_text_atomic(_inside(out, out / "label_config.xml"),
                       '<View>\n  <Image name="image" value="$image"/>\n'
                       '  <Choices name="label" toName="image" choice="single" showInline="true">'
