@@ -119,7 +119,7 @@ def one(dataset: str, spec: str, seed: int, tag: str, threads: int) -> dict:
         path = [[r["epoch"], r["nmi"]] for r in est.history_ if r.get("nmi") is not None
                 and (r["phase"] == "kmeans" or (r["phase"] == "target" and r["epoch"] > 0))]
         np.save(out, labels.astype(np.int64))
-    ev = metrics.evaluate(data.labels, labels)
+    ev = metrics.evaluate(data.labels, labels, k)
     return {"dataset": dataset, "method": spec, "seed": seed, "n": len(data), "k": k,
             "acc": ev["acc"], "nmi": ev["nmi"], "ari": ev["ari"],
             "per_class_recall": ev["per_class_recall"], "cluster_sizes": ev["cluster_sizes"],

@@ -33,3 +33,4 @@ def test_more_clusters_than_classes():
     assert metrics.cluster_sizes(pred) == [1, 1, 2]
     ev = metrics.evaluate(y, pred)
     assert set(ev) >= {"acc", "nmi", "ari", "per_class_recall", "cluster_sizes"}
+    assert metrics.evaluate(y, pred, 5)["cluster_sizes"] == [1, 1, 2, 0, 0]  # empty ones listed

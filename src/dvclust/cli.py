@@ -285,7 +285,8 @@ def evaluate(
     # other data's figures never replace the run's own metrics.json (the report reads it)
     own = data is None or source.path == run_source(run_dir).path
     out = out or run_dir / ("metrics.json" if own else f"metrics_{safe_folder(Path(data).stem)}.json")
-    m = write_metrics(out, dataset.labels, model.predict(dataset), dataset.class_names)
+    m = write_metrics(out, dataset.labels, model.predict(dataset), model.n_clusters,
+                      dataset.class_names)
     typer.echo(json.dumps({k: m[k] for k in ("acc", "nmi", "ari", "per_class_recall")}, indent=2))
     typer.echo(f"written to {out}")
 

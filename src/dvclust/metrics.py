@@ -58,8 +58,9 @@ def cluster_sizes(y_pred, n_clusters: int | None = None) -> list[int]:
     return np.bincount(y_pred, minlength=k).tolist()
 
 
-def evaluate(y_true, y_pred) -> dict:
-    """All of the above in one JSON-ready dict."""
+def evaluate(y_true, y_pred, n_clusters: int | None = None) -> dict:
+    """All of the above in one JSON-ready dict; cluster_sizes lists all n_clusters when given
+    (the empty ones too)."""
     return {"acc": acc(y_true, y_pred), "nmi": nmi(y_true, y_pred), "ari": ari(y_true, y_pred),
             "per_class_recall": {str(k): v for k, v in per_class_recall(y_true, y_pred).items()},
-            "cluster_sizes": cluster_sizes(y_pred), "n": int(len(y_pred))}
+            "cluster_sizes": cluster_sizes(y_pred, n_clusters), "n": int(len(y_pred))}

@@ -164,10 +164,11 @@ def write_latents(run_dir: Path, z: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(z, dtype=np.float32))
 
 
-def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray,
+def write_metrics(path: Path, y: np.ndarray, labels: np.ndarray, n_clusters: int,
                   class_names: list[str] | None = None) -> dict:
-    """ACC/NMI/ARI and per-class recall, the classes by name where the data has names."""
-    m = metrics.evaluate(y, labels)
+    """ACC/NMI/ARI, per-class recall (the classes by name where the data has names) and the
+    size of each of the n_clusters clusters."""
+    m = metrics.evaluate(y, labels, n_clusters)
     if class_names:
         m["per_class_recall"] = {class_names[int(k)]: v for k, v in m["per_class_recall"].items()}
     write_json_atomic(path, m)
@@ -219,7 +220,7 @@ def fit_run(data: ImageData, cfg: Config, run_dir: Path, source: DataSource,
                 write_csv_atomic(run_dir / "skipped.csv", ["source", "reason"], data.skipped)
             if data.labels is not None:
                 m = write_metrics(run_dir / "metrics.json", data.labels, pred["cluster"],
-                                  data.class_names)
+                                  cfg.n_clusters, data.class_names)
     return FitResult(model, m, dist.is_main)
 
 
