@@ -81,6 +81,7 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tu
         batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     scale = elbo_scale(cfg, images.shape[1:])
     policy = cfg.augment_for(images.shape[1:], background_fraction(images) if cfg.augment == "auto" else None)
+    cfg = cfg.with_views_for(policy)
     aug = make_policy(policy, images.shape[2:]) if policy else None
 
     def step(x):

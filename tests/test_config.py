@@ -1,6 +1,7 @@
 import pytest
 
 from dvclust import Config, DVClustError
+from dvclust.config import AUTO_CONTRASTIVE
 
 
 def test_yaml_roundtrip(tmp_path):
@@ -61,4 +62,22 @@ def test_augment_policies_and_views():
         with pytest.raises(DVClustError, match=key):
             Config(**{key: bad})
     with pytest.raises(DVClustError, match=r"contrastive=0.1 is invalid: needs two views"):
-        Config(contrastive=0.1)
+        Config(views=1, contrastive=0.1)
+
+
+def test_views_and_contrastive_auto():
+    """auto: two views with NT-Xent for the digits policy, one view without it for the others;
+    an explicit choice stands, and two views (or NT-Xent) where no views exist is refused."""
+    def resolved(policy, **kw):
+        cfg = Config(**kw).with_views_for(policy)
+        return cfg.views, cfg.contrastive
+
+    assert resolved("digits") == (2, AUTO_CONTRASTIVE)
+    assert resolved("photo") == resolved("xray") == resolved(None) == (1, 0)
+    assert resolved("photo", views=2) == (2, AUTO_CONTRASTIVE)
+    assert resolved("digits", views=1) == (1, 0)
+    assert resolved("digits", contrastive=0) == (2, 0)
+    with pytest.raises(DVClustError, match="views=2 needs an augmentation policy"):
+        resolved(None, views=2)
+    with pytest.raises(DVClustError, match="contrastive=0.3 needs two views"):
+        resolved("xray", contrastive=0.3)

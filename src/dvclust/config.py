@@ -33,6 +33,9 @@ CLUSTER_MIN_STEPS = 4000
 NARROW_FROM_SIDE = 48
 AUGMENT_MIN_SIDE = 16          # augment: auto (see the field's comment)
 AUGMENT_MIN_BACKGROUND = 0.5
+# views / contrastive: auto (docs/DECISIONS.md, "views and contrastive")
+AUTO_TWO_VIEWS = ("digits",)   # the augmentation policies that get two views
+AUTO_CONTRASTIVE = 0.1         # the weight of NT-Xent with two views
 # k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
 SHALLOW_METHODS = ("kmeans", "pca-kmeans")
 METHODS = (*DEEP_METHODS, *SHALLOW_METHODS)
@@ -74,11 +77,13 @@ class Config:
     augment: bool | str = "auto"
     # 2: every batch is two augmented views of its images, both reconstructed, and in phase 3 the
     # target P of the image is the target of both views' q (view-consistent DVC). 1: one view.
-    views: int = 1
+    # "auto": 2 where the augmentation policy in use is one of AUTO_TWO_VIEWS, else 1.
+    views: int | str = "auto"
     # With views 2: weight of NT-Xent between the two views' posterior means (SimCLR's instance
     # contrast; the negatives are the other images of the process's own batch), wherever the ELBO
-    # is minimised; 0 = off.
-    contrastive: float = 0.0
+    # is minimised; 0 = off. "auto": AUTO_CONTRASTIVE with two views, 0 with one
+    # (docs/DECISIONS.md, "views and contrastive").
+    contrastive: float | str = "auto"
     # Weight of the negative entropy of the batch's mean q in phase 3 (SCAN's guard against
     # clusters that empty); 0 = off.
     balance: float = 0.0
@@ -137,8 +142,10 @@ class Config:
                  "expected an integer >= 0")
         for key in ("lr", "alpha"):
             need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
-        for key in ("beta", "gamma", "tol", "min_delta", "balance", "contrastive"):
+        for key in ("beta", "gamma", "tol", "min_delta", "balance"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
+        need(self.contrastive == "auto" or (_num(self.contrastive) and self.contrastive >= 0),
+             "contrastive", "expected a number >= 0 or 'auto'")
         need(self.method in METHODS, "method", f"use one of {', '.join(METHODS)}")
         need(self.likelihood in ("bernoulli", "gaussian"), "likelihood", "use 'bernoulli' or 'gaussian'")
         need(self.recon_reduction in ("mean", "sum"), "recon_reduction", "use 'mean' or 'sum'")
@@ -149,8 +156,9 @@ class Config:
              "expected true or false")
         need(self.augment in (True, False, "auto", "off", *POLICIES), "augment",
              f"use auto, off or one of {', '.join(POLICIES)}")
-        need(self.views in (1, 2) and not isinstance(self.views, bool), "views", "expected 1 or 2")
-        need(not self.contrastive or self.views == 2, "contrastive",
+        need(self.views in (1, 2, "auto") and not isinstance(self.views, bool), "views",
+             "expected 1, 2 or 'auto'")
+        need(self.contrastive in ("auto", 0) or self.views != 1, "contrastive",
              "needs two views of each image (views: 2)")
         need(self.data_on_device in (True, False, "auto"), "data_on_device",
              "expected true, false or auto")
@@ -186,6 +194,20 @@ class Config:
             return {True: "digits", False: None, "off": None}.get(self.augment, self.augment)
         side_ok = min(shape[1:]) >= AUGMENT_MIN_SIDE
         return "digits" if side_ok and background >= AUGMENT_MIN_BACKGROUND else None
+
+    def with_views_for(self, policy: str | None) -> "Config":
+        """This config with `views` and `contrastive` resolved for the augmentation `policy` in use
+        (None = off). Two views need a policy: asked for without one, a DVClustError."""
+        views = self.views if self.views != "auto" else 2 if policy in AUTO_TWO_VIEWS else 1
+        if views == 2 and policy is None:
+            raise DVClustError("views=2 needs an augmentation policy (augment: xray, photo, micro "
+                               "or digits); augment is off for these images")
+        contrastive = (self.contrastive if self.contrastive != "auto" else
+                       AUTO_CONTRASTIVE if views == 2 else 0.0)
+        if contrastive and views == 1:
+            raise DVClustError(f"contrastive={contrastive} needs two views of each image; views: "
+                               "auto chose one for these images: set views: 2 and an augment policy")
+        return self.replace(views=views, contrastive=contrastive)
 
     # --- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

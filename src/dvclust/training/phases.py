@@ -102,9 +102,10 @@ class Context:
         if cfg.augment == "auto":
             self.log(f"augment: auto -> {policy or 'off'} ({background:.0%} of the pixels are "
                      f"background, {images.shape[2]}x{images.shape[3]} px)")
-        if cfg.views == 2 and policy is None:
-            raise DVClustError("views=2 needs an augmentation policy (augment: xray, photo, micro "
-                               "or digits); augment is off for these images")
+        # the steps read the resolved views and contrastive; the checkpoint keeps what was asked
+        self.cfg = cfg = cfg.with_views_for(policy)
+        if cfg.views == 2:
+            self.log(f"views: 2, contrastive: {cfg.contrastive:g}")
         self.augment = make_policy(policy, images.shape[2:]) if policy else None
 
     @property
