@@ -179,3 +179,22 @@ def test_the_contrastive_term_is_in_the_loss(blobs):
     assert max(abs(e) for e in extra(DVC(3, contrastive=0, **kw).fit(x))) < 1e-5
     # NT-Xent of 2 x 32 views lies between 0 and log(63): its tenth is well above zero
     assert all(0.01 < e < 0.1 * np.log(63) for e in extra(DVC(3, contrastive=0.1, **kw).fit(x)))
+
+
+def test_views_auto_follows_the_policy_in_use(blobs, caplog):
+    """views and contrastive auto: the digits policy (objects on an empty field) trains on two
+    views with NT-Xent, so each pretraining loss holds more than the ELBO; images that leave
+    augmentation off train on one view, on the ELBO alone."""
+    caplog.set_level("INFO", logger="dvclust")
+    x, _ = blobs
+    empty = np.where(x > 0.5, x, 0)  # the same squares on a black field: the digits policy
+    fit = DVC(3, random_state=0, **FAST, verbose=True).fit(empty)
+    assert "views: 2, contrastive: 0.1" in caplog.text
+    extra = [r["loss"] - (r["recon"] + 0.1 * r["kl"]) / 256 for r in fit.history_
+             if r["phase"] == "pretrain"]
+    assert min(extra) > 0.01
+    caplog.clear()
+    one = DVC(3, random_state=0, **FAST, verbose=True).fit(x)
+    assert "augment: auto -> off" in caplog.text and "views: 2" not in caplog.text
+    assert max(abs(r["loss"] - (r["recon"] + 0.1 * r["kl"]) / 256) for r in one.history_
+               if r["phase"] == "pretrain") < 1e-5
