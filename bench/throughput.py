@@ -56,11 +56,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tuple[float, float]:
+def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
+              compiled: bool = False) -> tuple[float, float, dict | None]:
     """img/s of forward + loss + backward + Adam on the fitted network, batches already on the
     device, with the loop's augmentation and views (two views: both augmented, concatenated);
-    and the FLOPs per image of one such step. Images are counted as the loop counts them: one per
-    source image, whatever the views."""
+    the FLOPs per image of one such step; and with `compiled`, the img/s of the same step with
+    the forward and loss under torch.compile and the seconds its compilation took. Images are
+    counted as the loop counts them: one per source image, whatever the views."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from dvclust.data.augment import background_fraction, make_policy
@@ -84,32 +86,44 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int) -> tu
     cfg = cfg.with_views_for(policy)
     aug = make_policy(policy, images.shape[2:]) if policy else None
 
-    def step(x):
+    def forward_loss(x):
+        with autocast(device, cfg.precision):
+            out, mu, logvar = net(x)[:3]
+        return batch_loss(cfg, "pretrain", scale, x, out, mu, logvar, None, None).loss
+
+    def step(x, loss_of=forward_loss):
         if aug:
             x = aug(x) if cfg.views == 1 else torch.cat([aug(x), aug(x)])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, cfg.precision):
-            out, mu, logvar = net(x)[:3]
-        loss = batch_loss(cfg, "pretrain", scale, x, out, mu, logvar, None, None).loss
+        loss = loss_of(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    def img_s(loss_of) -> float:
+        for x in batches[:2]:  # warm-up
+            step(x, loss_of)
+        _sync(device)
+        t, seen = time.perf_counter(), 0
+        for i in range(steps):
+            step(x := batches[i % len(batches)], loss_of)
+            seen += len(x)
+        _sync(device)
+        return seen / (time.perf_counter() - t)
+
     with FlopCounterMode(display=False) as fc:
         step(batches[0])
     flops = fc.get_total_flops() / len(batches[0])  # per source image (both views in it)
-    for x in batches[:2]:  # warm-up
-        step(x)
-    _sync(device)
+    eager = img_s(forward_loss)
+    if not compiled:
+        return eager, flops, None
+    loss_of = torch.compile(forward_loss)
     t = time.perf_counter()
-    seen = 0
-    for i in range(steps):
-        x = batches[i % len(batches)]
-        step(x)
-        seen += len(x)
+    step(batches[0], loss_of)  # compiles
     _sync(device)
-    return seen / (time.perf_counter() - t), flops
+    compile_s = time.perf_counter() - t
+    return eager, flops, {"compiled_img_s": img_s(loss_of), "compile_s": compile_s}
 
 
 def one_size(images: np.ndarray, a, peak: float) -> dict:
@@ -122,14 +136,15 @@ def one_size(images: np.ndarray, a, peak: float) -> dict:
     pre = [r["images_per_s"] for r in h if r["phase"] == "pretrain"][1:]
     clu = [r["images_per_s"] for r in h if r["phase"] == "cluster"][1:]
     tgt = [r["seconds"] for r in h if r["phase"] == "target"]
-    bare, flops = bare_step(model.model_, images, model.config_, a.batch_size, a.bare_steps)
+    bare, flops, compiled = bare_step(model.model_, images, model.config_, a.batch_size,
+                                      a.bare_steps, a.compile)
     loop = statistics.median(pre)
     return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": a.batch_size,
             "pretrain_img_s": loop, "cluster_img_s": statistics.median(clu) if clu else None,
             "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
             "bare_step_img_s": bare, "loop_over_bare": loop / bare,
             "gflops_per_image": flops / 1e9, "achieved_tflops": bare * flops / 1e12,
-            "peak_tflops": peak, "fraction_of_peak": bare * flops / 1e12 / peak,
+            "peak_tflops": peak, "fraction_of_peak": bare * flops / 1e12 / peak, **(compiled or {}),
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
             "stamp": harness.stamp(model.config_.to_dict(), threads=a.threads or None)}
 
@@ -149,6 +164,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     type=harness.parse_setting,
                     help="config changes, e.g. base_channels=32")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the bare step with its forward and loss under torch.compile")
     ap.add_argument("--tag", default="", help="suffix of the RESULTS.md block")
     a = ap.parse_args()
     from dvclust import load_dataset
@@ -165,15 +182,17 @@ def main() -> None:
         harness.append_row(harness.RESULTS / "throughput.jsonl", row)
         print(json.dumps({k: v for k, v in row.items() if k != "stamp"}), flush=True)
         rows.append(row)
+    extra = " compiled bare step img/s (compile s) |" if a.compile else ""
     lines = ["| image | loop img/s (pretrain / cluster) | bare step img/s | loop / bare | "
-             "GFLOP per image (fwd+bwd) | achieved TFLOP/s | fraction of peak |",
-             "|---|---|---|---|---|---|---|"]
+             "GFLOP per image (fwd+bwd) | achieved TFLOP/s | fraction of peak |" + extra,
+             "|---|---|---|---|---|---|---|" + "---|" * bool(extra)]
     for r in rows:
         c, h, w = r["shape"]
         lines.append(f"| {c}x{h}x{w} | {r['pretrain_img_s']:.0f} / {r['cluster_img_s']:.0f} | "
                      f"{r['bare_step_img_s']:.0f} | {r['loop_over_bare']:.2f} | "
                      f"{r['gflops_per_image']:.3f} | {r['achieved_tflops']:.3f} | "
-                     f"{r['fraction_of_peak']:.1%} |")
+                     f"{r['fraction_of_peak']:.1%} |"
+                     + (f" {r['compiled_img_s']:.0f} ({r['compile_s']:.0f}) |" if extra else ""))
     write_block(f"throughput:{device.type}" + (f":{a.tag}" if a.tag else ""),
                 f"## throughput: the loop against a bare step of its network ({device.type}"
                 + "".join(f", {k}={v}" for k, v in a.set) + ")\n\n"
