@@ -1,12 +1,12 @@
 import pytest
+import yaml
 
 from dvclust import Config, DVClustError
-from dvclust.config import AUTO_CONTRASTIVE
+from dvclust.config import AUTO_CONTRASTIVE, BEFORE_KEY
 
 
 def test_yaml_roundtrip(tmp_path):
     cfg = Config(n_clusters=4, gamma=0.2, augment=False)
-    import yaml
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "versions": {"torch": "x"}}))
     assert Config.from_yaml(tmp_path / "c.yaml") == cfg
 
@@ -81,3 +81,20 @@ def test_views_and_contrastive_auto():
         resolved(None, views=2)
     with pytest.raises(DVClustError, match="contrastive=0.3 needs two views"):
         resolved("xray", contrastive=0.3)
+
+
+def test_a_run_written_before_a_key_keeps_its_behaviour(tmp_path):
+    """A run's config.yaml or checkpoint that predates `views` resumes and repeats on one view,
+    as it was trained; a user's config without the key gets today's default."""
+    from dvclust.training.checkpoint import check_resumable, config_of
+
+    old = {k: v for k, v in Config().to_dict().items() if k not in BEFORE_KEY}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({**old, "versions": {"dvclust": "0.1"}}))
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"n_clusters": 3}))
+    assert Config.from_yaml(tmp_path / "run.yaml").views == 1
+    assert Config.from_yaml(tmp_path / "mine.yaml").views == "auto"
+    saved = {"config": old, "fingerprint": "f", "shape": [1, 8, 8]}
+    assert config_of(saved, "ckpt")[0].contrastive == 0
+    check_resumable(saved, Config(views=1, contrastive=0.0), (1, 8, 8), "f", "ckpt")
+    with pytest.raises(DVClustError, match=r"views: 1 -> 'auto'"):
+        check_resumable(saved, Config(), (1, 8, 8), "f", "ckpt")

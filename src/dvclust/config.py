@@ -36,6 +36,9 @@ AUGMENT_MIN_BACKGROUND = 0.5
 # views / contrastive: auto (docs/DECISIONS.md, "views and contrastive")
 AUTO_TWO_VIEWS = ("digits",)   # the augmentation policies that get two views
 AUTO_CONTRASTIVE = 0.1         # the weight of NT-Xent with two views
+# What a key meant in the runs written before it existed, where its default has changed since:
+# read back from such a run (its config.yaml or checkpoint), the key takes this value.
+BEFORE_KEY = {"views": 1, "contrastive": 0.0}
 # k-means on the pixels, or on their first `latent_dim` principal components: no network at all.
 SHALLOW_METHODS = ("kmeans", "pca-kmeans")
 METHODS = (*DEEP_METHODS, *SHALLOW_METHODS)
@@ -226,11 +229,18 @@ class Config:
         return Config.from_dict({**self.to_dict(), **changes})
 
     @classmethod
+    def from_saved(cls, d: dict[str, Any], source: str = "config") -> "Config":
+        """The config a run wrote (its config.yaml or checkpoint): a key it lacks came after it
+        and takes the value that was its behaviour then (BEFORE_KEY), or else its default."""
+        return cls.from_dict({**BEFORE_KEY, **d}, source)
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
         data = read_yaml_mapping(path)
+        written_by_a_run = any(key in data for key in RECORDED_KEYS)
         for key in RECORDED_KEYS:
             data.pop(key, None)
-        return cls.from_dict(data, source=str(path))
+        return (cls.from_saved if written_by_a_run else cls.from_dict)(data, source=str(path))
 
 
 def read_yaml_mapping(path: str | Path) -> dict:

@@ -85,7 +85,7 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict]:
         raise DVClustError(f"{run_dir}: not a dvclust run folder (no config.yaml)")
     doc = read_yaml_mapping(path)
     recorded = {k: doc.pop(k, None) for k in RECORDED_KEYS}
-    return Config.from_dict(doc, source=str(path)), recorded
+    return Config.from_saved(doc, source=str(path)), recorded
 
 
 def run_source(run_dir: Path) -> DataSource:

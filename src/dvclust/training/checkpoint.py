@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import BEFORE_KEY, Config
 from ..errors import DVClustError
 from ..io import load_checkpoint, save_checkpoint
 from ..runtime import versions
@@ -89,7 +89,7 @@ load = load_checkpoint
 def config_of(saved: dict, path: str | Path, device: str | None = None) -> tuple[Config, tuple]:
     """The checkpoint's config (with another device, if given) and input shape."""
     try:
-        cfg = Config.from_dict(saved["config"], source=f"{path} (config)")
+        cfg = Config.from_saved(saved["config"], source=f"{path} (config)")
         if device is not None:
             cfg = cfg.replace(device=device)
         return cfg, tuple(int(s) for s in saved["shape"])
@@ -106,8 +106,8 @@ def load_weights(model: nn.Module, saved: dict, path: str | Path) -> None:
 
 
 def check_resumable(saved: dict, cfg: Config, shape, fingerprint: str, path: str | Path) -> None:
-    # a key the checkpoint lacks came after it was written: its default is the old behaviour
-    old = {**Config().to_dict(), **saved.get("config", {})}
+    # a key the checkpoint lacks came after it was written (Config.from_saved)
+    old = {**Config().to_dict(), **BEFORE_KEY, **saved.get("config", {})}
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and old.get(k) != v)
     if diff:
         raise DVClustError(f"{path}: cannot resume with a different config "
