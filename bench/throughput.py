@@ -65,10 +65,11 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
     counted as the loop counts them: one per source image, whatever the views."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dvclust.data.augment import background_fraction, make_policy
+    from dvclust.data.augment import make_policy
     from dvclust.data.dataset import to_float
     from dvclust.runtime import autocast
     from dvclust.training.objectives import batch_loss, elbo_scale
+    from dvclust.training.phases import augmentation_for
 
     device = next(model.parameters()).device
     net = model.vae
@@ -82,8 +83,7 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
         x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
         batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     scale = elbo_scale(cfg, images.shape[1:])
-    policy = cfg.augment_for(images.shape[1:], background_fraction(images) if cfg.augment == "auto" else None)
-    cfg = cfg.with_views_for(policy)
+    cfg, policy, _ = augmentation_for(cfg, images)  # as the loop resolves them
     aug = make_policy(policy, images.shape[2:]) if policy else None
 
     def forward_loss(x):

@@ -53,6 +53,15 @@ def epoch_generator(seed: int, phase: str, epoch: int) -> int:
     return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**63)
 
 
+def augmentation_for(cfg: Config, images: np.ndarray) -> tuple[Config, str | None, float | None]:
+    """What the loop trains these images with: the config with views and contrastive resolved,
+    the augmentation policy (None = off), and the background fraction that `augment: auto`
+    looked at (None when augment is not auto)."""
+    background = background_fraction(images) if cfg.augment == "auto" else None
+    policy = cfg.augment_for(images.shape[1:], background)
+    return cfg.with_views_for(policy), policy, background
+
+
 class StopRequested(Exception):
     """Raised after a checkpoint when the test hook `stop_after` asks the run to end there."""
 
@@ -97,15 +106,13 @@ class Context:
         if self.resident is not None:
             self.log(f"data on the device: {self.resident.numel() * self.resident.element_size() / 2**20:.0f} MB")
         self.scale = elbo_scale(cfg, images.shape[1:])
-        background = background_fraction(images) if cfg.augment == "auto" else None
-        policy = cfg.augment_for(images.shape[1:], background)
+        # the steps read the resolved views and contrastive; the checkpoint keeps what was asked
+        self.cfg, policy, background = augmentation_for(cfg, images)
         if cfg.augment == "auto":
             self.log(f"augment: auto -> {policy or 'off'} ({background:.0%} of the pixels are "
                      f"background, {images.shape[2]}x{images.shape[3]} px)")
-        # the steps read the resolved views and contrastive; the checkpoint keeps what was asked
-        self.cfg = cfg = cfg.with_views_for(policy)
-        if cfg.views == 2:
-            self.log(f"views: 2, contrastive: {cfg.contrastive:g}")
+        if self.cfg.views == 2:
+            self.log(f"views: 2, contrastive: {self.cfg.contrastive:g}")
         self.augment = make_policy(policy, images.shape[2:]) if policy else None
 
     @property
