@@ -117,6 +117,12 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     return labels, spent
 
 
+def budgets() -> tuple[int, ...]:
+    """The budgets a case scores (--budgets, passed to its process in BENCH_BUDGETS)."""
+    got = os.environ.get("BENCH_BUDGETS")
+    return tuple(map(int, got.split(","))) if got else BUDGETS
+
+
 def variant_name(settings: list[str]) -> str:
     """The config settings a case changes from the defaults, as the rows and run folders name them."""
     return " ".join(sorted(settings))
@@ -165,7 +171,7 @@ def one(dataset: str, seed: int, settings: list[str]) -> dict:
         known = np.sort(rng.choice(len(y), min(n_looks, len(y)), replace=False))
         return propagated(space, known, [str(v) for v in y[known]], len(y), seed)
 
-    for b in BUDGETS:
+    for b in budgets():
         looks = b * c
         for name in ("dvclust[density]", "dvclust[confidence]", "dvclust[density,M3]"):
             add(name, b, looks, *run_strategy(run, y, looks, k, name))
@@ -193,7 +199,7 @@ def rescore(dataset: str, seed: int, strategies: list[str]) -> dict:
     k = OVERCLUSTER * c
     rows = [{**result_row(dataset, seed, len(data), c, k, name, b, data.labels,
                           *run_strategy(run, data.labels, b * c, k, name)), "rescored": True}
-            for name in strategies for b in BUDGETS]
+            for name in strategies for b in budgets()]
     st = harness.stamp()
     return {"rows": [{**r, "stamp": st} for r in rows]}
 
@@ -218,29 +224,32 @@ def table(rows: list[dict]) -> str:
                     s + ("" if (got := sorted({r["seed"] for r in rs if r["strategy"] == s})) == seeds
                          else f" (seeds {', '.join(map(str, got))})") for s in strategies) + " |",
                 "|---" * (len(strategies) + 1) + "|"]
-        for b in BUDGETS:
+        measured = sorted({r["budget_per_class"] for r in rs})
+        for b in measured:
             cells = []
             for s in strategies:
                 g = [r for r in rs if r["strategy"] == s and r["budget_per_class"] == b]
-                f1 = statistics.mean(r["macro_f1"] for r in g) if g else float("nan")
-                cell = f"{f1:.3f}"
+                cell = f"{statistics.mean(r['macro_f1'] for r in g):.3f}" if g else "-"
                 if s == DEFAULT and g:
                     cell += (f" ({statistics.mean(r['accuracy'] for r in g):.3f} / "
                              f"{statistics.mean(r['balanced_accuracy'] for r in g):.3f})")
                 cells.append(cell)
             looks = next((r["looks"] for r in rs if r["budget_per_class"] == b), b)
-            out.append(f"| {b} ({looks}) | " + " | ".join(cells) + " |")
+            # a budget measured on fewer seeds than the rest says which
+            got = sorted({r["seed"] for r in rs if r["budget_per_class"] == b})
+            which = "" if got == seeds else f"; seeds {', '.join(map(str, got))}"
+            out.append(f"| {b} ({looks}{which}) | " + " | ".join(cells) + " |")
         def f1(rows_, strategy, b):
             g = [r["macro_f1"] for r in rows_ if r["strategy"] == strategy and r["budget_per_class"] == b]
             return statistics.mean(g) if g else None
 
         # the target: dvclust at L against random propagation at 2L
-        wins = [f"{b}: {f1(rs, DEFAULT, b) - f1(rs, 'random@2L', b):+.3f}" for b in BUDGETS
+        wins = [f"{b}: {f1(rs, DEFAULT, b) - f1(rs, 'random@2L', b):+.3f}" for b in measured
                 if f1(rs, DEFAULT, b) is not None and f1(rs, "random@2L", b) is not None]
         out.append(f"\n{DEFAULT} at L minus random@2L (macro-F1): {', '.join(wins)}")
         if variant:  # against the default config's fits of the same seeds
             base = [r for r in rows if r["dataset"] == ds and not r.get("variant") and r["seed"] in seeds]
-            diffs = [f"{b}: {f1(rs, DEFAULT, b) - f1(base, DEFAULT, b):+.3f}" for b in BUDGETS
+            diffs = [f"{b}: {f1(rs, DEFAULT, b) - f1(base, DEFAULT, b):+.3f}" for b in measured
                      if f1(base, DEFAULT, b) is not None]
             out.append(f"\n{DEFAULT} with `{variant}` minus the default config, same seeds "
                        f"(macro-F1): {', '.join(diffs)}")
@@ -258,7 +267,7 @@ def plot(rows: list[dict]) -> None:
         for s in (DEFAULT, "random@1L", "typiclust@L", "pca-random@1L"):
             pts = [(b, statistics.mean(r["macro_f1"] for r in rows if r["dataset"] == ds and
                                        r["strategy"] == s and r["budget_per_class"] == b))
-                   for b in BUDGETS if any(r["dataset"] == ds and r["strategy"] == s and
+                   for b in sorted({r["budget_per_class"] for r in rows}) if any(r["dataset"] == ds and r["strategy"] == s and
                                            r["budget_per_class"] == b for r in rows)]
             if pts:
                 series[s] = ([p[0] for p in pts], [p[1] for p in pts])
@@ -275,6 +284,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    ap.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS),
+                    help="looks per class to score; a case is skipped when its jsonl rows hold every one")
     ap.add_argument("--tables-only", action="store_true")
     ap.add_argument("--rescore", nargs="+", metavar="STRATEGY",
                     help="only these dvclust[...] strategies, on the run folders kept by earlier cases")
@@ -293,7 +304,9 @@ def main() -> None:
     rows = harness.read_rows(log)
     command = harness.command(__file__)
     variant = variant_name(a.set)
-    done = {(r["dataset"], r["seed"]) for r in rows if r.get("variant", "") == variant}
+    scored = {(r["dataset"], r["seed"], r["budget_per_class"]) for r in rows
+              if r.get("variant", "") == variant}
+    done = {(d, s) for d, s, _ in scored if all((d, s, b) in scored for b in a.budgets)}
     todo = [(d, s) for d in a.datasets for s in a.seeds if (d, s) not in done]
     if a.rescore:
         if variant:
@@ -307,7 +320,8 @@ def main() -> None:
         args = (["--rescore-one", job[0], str(job[1]), *a.rescore] if a.rescore
                 else ["--one", job[0], str(job[1]), *a.set])
         try:
-            return harness.run_case(__file__, args, env={"BENCH_THREADS": str(a.threads)})
+            return harness.run_case(__file__, args, env={"BENCH_THREADS": str(a.threads),
+                                                         "BENCH_BUDGETS": ",".join(map(str, a.budgets))})
         except harness.CaseFailed as e:
             print(f"{job} FAILED: {e}", flush=True)
             return None
