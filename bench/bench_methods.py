@@ -204,10 +204,18 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def row_balance(row: dict) -> float:
+    """dvclust.select.balance of a run, from the cluster sizes its row keeps."""
+    from dvclust.select import balance
+
+    sizes = row["cluster_sizes"]
+    return balance(np.repeat(np.arange(len(sizes)), sizes), row["k"])
+
+
 def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
     """For each (dataset, method) with >= 3 seeds: the seed each label-free rule picks, against
     the seeds that labels would pick (highest ACC) and avoid (lowest ACC)."""
-    from dvclust.select import balance, consensus_scores, pick
+    from dvclust.select import consensus_scores, pick
 
     lines = []
     tally: dict[str, dict] = {}  # dataset -> rule -> counts
@@ -216,14 +224,12 @@ def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
         if len(rs) < 3:
             continue
         rs.sort(key=lambda r: r["seed"])
-        paths = [labels_path(tag, ds, method, r["seed"]) for r in rs]
-        if not all(p.exists() for p in paths):  # labels stay on the machine that ran them
-            continue
         acc = [r["acc"] for r in rs]
-        labs = [np.load(p) for p in paths]
-        picks = {"consensus": pick(consensus_scores(labs)),
-                 "balance": pick(np.array([balance(lab, r["k"]) for lab, r in zip(labs, rs)])),
+        picks = {"balance": pick(np.array([row_balance(r) for r in rs])),
                  "silhouette": pick(np.array([r["silhouette"] for r in rs]))}
+        paths = [labels_path(tag, ds, method, r["seed"]) for r in rs]
+        if all(p.exists() for p in paths):  # labels stay on the machine that ran them
+            picks["consensus"] = pick(consensus_scores([np.load(p) for p in paths]))
         best, worst = int(np.argmax(acc)), int(np.argmin(acc))
         t = tally.setdefault(ds, {rule: {"best": 0, "worst": 0, "acc": []} for rule in RULES})
         for rule, i in picks.items():
@@ -232,15 +238,14 @@ def selection(rows: list[dict], tag: str) -> tuple[list[str], dict]:
             t[rule]["acc"].append(acc[i] - statistics.mean(acc))
         lines.append(f"| {ds} | {method} | {acc[best]:.3f} | {acc[worst]:.3f} | "
                      f"{statistics.mean(acc):.3f} | "
-                     + " | ".join(f"{acc[picks[rule]]:.3f}" for rule in RULES) + " |")
+                     + " | ".join(f"{acc[picks[rule]]:.3f}" if rule in picks else "–"
+                                  for rule in RULES) + " |")
     return lines, tally
 
 
-def config_choice(rows: list[dict], tag: str) -> list[str]:
+def config_choice(rows: list[dict]) -> list[str]:
     """Per dataset, among the DVC configs run with >= 3 seeds: the config each label-free rule
     picks (highest mean score over its seeds), against the configs that labels would rank."""
-    from dvclust.select import balance
-
     lines, all_groups = [], by_group(rows)
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         groups = {m: rs for (d, m), rs in all_groups.items()
@@ -249,11 +254,8 @@ def config_choice(rows: list[dict], tag: str) -> list[str]:
             continue
         nmi = {m: statistics.mean(r["nmi"] for r in rs) for m, rs in groups.items()}
         score = {"silhouette": {m: statistics.mean(r["silhouette"] for r in rs)
-                                for m, rs in groups.items()}}
-        if all(labels_path(tag, ds, m, r["seed"]).exists() for m, rs in groups.items() for r in rs):
-            score["balance"] = {m: statistics.mean(
-                balance(np.load(labels_path(tag, ds, m, r["seed"])), r["k"]) for r in rs)
-                for m, rs in groups.items()}
+                                for m, rs in groups.items()},
+                 "balance": {m: statistics.mean(row_balance(r) for r in rs) for m, rs in groups.items()}}
         best = max(nmi, key=nmi.get)
         picks = {rule: max(s, key=s.get) for rule, s in score.items()}
         lines.append(f"| {ds} | {len(groups)} | {best} ({nmi[best]:.3f}) | "
@@ -362,10 +364,12 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
                  "of its picks minus the mean ACC of all seeds.", "",
                  "| dataset | groups | " + " | ".join(RULES) + " |", "|---|---|" + "---|" * len(RULES)]
         for ds, t in hits.items():
-            n = len(t[RULES[0]]["acc"])
+            n = max(len(t[r]["acc"]) for r in RULES)
+            # consensus is scored only for the groups whose labels are on this machine
             body.append(f"| {ds} | {n} | " + " | ".join(
                 f"best {t[r]['best']}, worst {t[r]['worst']}, {statistics.mean(t[r]['acc']):+.3f}"
-                for r in RULES) + " |")
+                + ("" if len(t[r]["acc"]) == n else f" ({len(t[r]['acc'])} groups)")
+                if t[r]["acc"] else "–" for r in RULES) + " |")
     h2h = head_to_head(rows)
     if h2h:
         body += ["", "DVC against the best other method per dataset, both in today's default config "
@@ -375,7 +379,7 @@ def write_tables(rows: list[dict], tag: str, command: str = "") -> None:
                  "two apart.", "",
                  "| dataset | DVC NMI (runs) | best other | its NMI (runs) | difference | SE | |",
                  "|---|---|---|---|---|---|---|", *h2h]
-    cfg_lines = config_choice(rows, tag)
+    cfg_lines = config_choice(rows)
     if cfg_lines:
         body += ["", "Label-free choice among DVC configs (the ablations): the config with the "
                  "highest mean score over its seeds, with its mean NMI, beside the config that "

@@ -6,10 +6,14 @@ images corrected, and the rest propagated, so that `labels` does every kind of w
 
     python bench/bench_report.py --n 1000000
     python bench/bench_report.py --n 1000000 --method pca-kmeans   # the tools alone, no training
+
+The last row is the disk's floor for an export that writes one file per image: N empty files
+created in one folder by as many processes as the exports' PNG pool uses, with nothing encoded.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +41,26 @@ def timed(args: list[str]) -> tuple[float, float, str]:
     if p.returncode != 0 or not m:
         sys.exit(f"dvclust {' '.join(args)} failed:\n{p.stderr[-3000:]}")
     return wall, int(m.group(1)) / 1024, p.stdout
+
+
+def _touch(paths: list[str]) -> None:
+    for path in paths:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+
+
+def empty_files(folder: Path, n: int) -> float:
+    """Wall seconds to create n empty files in `folder` the way the exports' PNG pool does
+    (chunks of 5,000 over the same number of processes), encoding nothing."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dvclust.curate import PNG_WORKERS
+
+    folder.mkdir()
+    paths = [f"{folder}{os.sep}{i:08d}.png" for i in range(n)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(min(len(os.sched_getaffinity(0)), PNG_WORKERS)) as pool:
+        list(pool.map(_touch, [paths[j:j + 5000] for j in range(0, n, 5000)]))
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -76,6 +100,8 @@ def main() -> None:
             wall, rss, _ = timed(args)
             rows.append((name, wall, rss))
             print(f"{name}: {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
+        floor = empty_files(Path(tmp) / "empty", a.n)
+        print(f"{a.n} empty files: {floor:.1f} s", flush=True)
         html = (run / "report.html").read_text()
         size_mb = len(html.encode()) / 2**20
         sections = [s for s in ("Galleries", "Latent space", "Reconstructions", "Worth a look",
@@ -83,6 +109,8 @@ def main() -> None:
         images = html.count("<img")
     lines = ["| command | wall s | peak RSS MB |", "|---|---|---|"]
     lines += [f"| `dvclust {n}` | {w:.1f} | {r:.0f} |" for n, w, r in rows]
+    lines.append(f"| the disk's floor: {a.n:,} empty files in one folder, as many processes as "
+                 f"the exports' PNG pool | {floor:.1f} | |")
     lines.append(f"\nreport.html: {size_mb:.1f} MB, {images} embedded images, sections: "
                  f"{', '.join(sections)}")
     write_block(f"bench_report:{a.method}",
