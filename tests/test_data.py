@@ -151,17 +151,24 @@ def test_xray_policy_keeps_left_and_right():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_png_bytes_decode_to_the_same_pixels(channels):
     """The hand-written PNG encoder the exports, report and review app use: what PIL reads back
-    is the image as the run saw it, for gray and RGB, uint8 and float in [0, 1]."""
+    is the image as the run saw it, for gray and RGB, uint8 and float in [0, 1], stored or
+    compressed; the exports' files are stored below one disk block and compressed above."""
     import io
 
     from PIL import Image
 
+    from dvclust.curate import DISK_BLOCK, file_png
     from dvclust.data.images import png_bytes
 
     rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (channels, 9, 13), dtype=np.uint8)  # not square: rows vs columns
-    hwc = img[0] if channels == 1 else img.transpose(1, 2, 0)
-    for given in (img, img / 255.0):
-        back = Image.open(io.BytesIO(png_bytes(given)))
-        assert back.mode == ("L" if channels == 1 else "RGB")
-        assert np.array_equal(np.asarray(back), hwc)
+    for h, w in ((9, 13), (70, 90)):                     # not square: rows vs columns
+        img = rng.integers(0, 256, (channels, h, w), dtype=np.uint8)
+        img[:, h // 2:] = 7                              # something to compress
+        hwc = img[0] if channels == 1 else img.transpose(1, 2, 0)
+        for given in (img, img / 255.0):
+            for encoded in (png_bytes(given), png_bytes(given, 0), file_png(given)):
+                back = Image.open(io.BytesIO(encoded))
+                assert back.mode == ("L" if channels == 1 else "RGB")
+                assert np.array_equal(np.asarray(back), hwc)
+        stored = len(png_bytes(img, 0))
+        assert (len(file_png(img)) == stored) == (img.size + h <= DISK_BLOCK)

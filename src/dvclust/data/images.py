@@ -94,10 +94,11 @@ def as_labels(y, n: int, source: str = "labels") -> np.ndarray | None:
     return y
 
 
-def png_bytes(img) -> bytes:
+def png_bytes(img, level: int = 6) -> bytes:
     """One image as the run saw it (C x H x W, 1 channel gray or 3 RGB; uint8 or float in [0, 1])
-    as a PNG file's bytes. Written with zlib directly: PIL's save took two to four times as long
-    per small image, most of it outside the compression, and exports write 10^6 of them."""
+    as a PNG file's bytes, compressed at zlib `level` (0: stored). Written with zlib directly:
+    PIL's save took two to four times as long per small image, most of it outside the
+    compression, and exports write 10^6 of them."""
     a = np.asarray(img)
     a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
     c, h, w = a.shape
@@ -110,4 +111,4 @@ def png_bytes(img) -> bytes:
     colour = {1: 0, 3: 2}[c]  # PNG colour types: gray, RGB
     return (b"\x89PNG\r\n\x1a\n"
             + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b""))
