@@ -148,9 +148,9 @@ DISK_BLOCK = 4096   # bytes: the allocation unit of common filesystems (ext4, XF
 
 
 def file_png(img) -> bytes:
-    """png_bytes for a file of its own. A file below one disk block takes the whole block anyway,
-    so its pixels are stored (compressing them was the largest cost of a PNG export, bench/RESULTS.md,
-    bench_report); larger images take zlib's fastest level."""
+    """png_bytes for a file of its own. An image whose pixel rows fit in one disk block makes a
+    file that takes the whole block anyway, so they are stored (compressing them was the largest
+    cost of a PNG export, bench/RESULTS.md, bench_report); larger images take zlib's fastest level."""
     img = np.asarray(img)
     return png_bytes(img, 0 if img.size + img.shape[-2] <= DISK_BLOCK else 1)
 
