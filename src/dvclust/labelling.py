@@ -274,22 +274,31 @@ def propagate(z: np.ndarray, known: np.ndarray, labels: np.ndarray, query: np.nd
               seed: int = 0, k: int = PROPAGATION_NEIGHBOURS,
               reference: int = PROPAGATION_REFERENCE) -> tuple[np.ndarray, np.ndarray]:
     """Labels and their vote shares for the rows `query` of z, from the labelled rows `known`
-    (with `labels`), by a distance-weighted k-nearest-neighbour vote (scikit-learn) among at most
-    `reference` labelled rows (a seeded sample)."""
-    from sklearn.neighbors import KNeighborsClassifier
+    (with `labels`), by a distance-weighted vote of the k nearest among at most `reference`
+    labelled rows (a seeded sample): scikit-learn's KNeighborsClassifier(weights="distance"),
+    with the neighbours found by scipy's kd-tree, which answered 10^6 queries twice as fast."""
+    from scipy.spatial import cKDTree
 
     known, labels = np.asarray(known), np.asarray(labels)
     if len(known) > reference:
         keep = np.sort(np.random.default_rng(seed).choice(len(known), reference, replace=False))
         known, labels = known[keep], labels[keep]
-    # n_jobs=-1: the tree queries on every core (a third of `labels` on 10^6 images otherwise)
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(known)), weights="distance", n_jobs=-1)
-    knn.fit(np.asarray(z[known], dtype=np.float32), labels)
+    classes, code = np.unique(labels, return_inverse=True)
+    k = min(k, len(known))
+    tree = cKDTree(np.asarray(z[known], dtype=np.float32))
     out_label = np.empty(len(query), dtype=object)
     out_conf = np.empty(len(query))
     for s in range(0, len(query), 65536):  # bounded memory on 10^6 queries
-        proba = knn.predict_proba(np.asarray(z[query[s:s + 65536]], dtype=np.float32))
-        out_label[s:s + 65536] = knn.classes_[proba.argmax(1)]
+        d, nb = tree.query(np.asarray(z[query[s:s + 65536]], dtype=np.float32), k, workers=-1)
+        d, nb = d.reshape(len(d), k), nb.reshape(len(nb), k)
+        with np.errstate(divide="ignore"):
+            w = 1.0 / d
+        exact = np.isinf(w)  # a labelled image at distance 0 decides alone, as in scikit-learn
+        w = np.where(exact.any(1, keepdims=True), exact.astype(float), w)
+        votes = np.zeros((len(d), len(classes)))
+        np.add.at(votes, (np.arange(len(d))[:, None], code[nb]), w)
+        proba = votes / votes.sum(1, keepdims=True)
+        out_label[s:s + 65536] = classes[proba.argmax(1)]
         out_conf[s:s + 65536] = proba.max(1)
     return out_label, out_conf
 

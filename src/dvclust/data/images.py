@@ -1,6 +1,7 @@
 """The in-memory image collection every reader returns, and the checks that make arrays images."""
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -94,6 +95,20 @@ def as_labels(y, n: int, source: str = "labels") -> np.ndarray | None:
     return y
 
 
+def _chunk(kind: bytes, data) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + bytes(data)
+            + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+
+@functools.lru_cache(maxsize=32)
+def _png_head(c: int, h: int, w: int) -> bytes:
+    colour = {1: 0, 3: 2}[c]  # PNG colour types: gray, RGB
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+
+
+_PNG_END = _chunk(b"IEND", b"")
+
+
 def png_bytes(img, level: int = 6) -> bytes:
     """One image as the run saw it (C x H x W, 1 channel gray or 3 RGB; uint8 or float in [0, 1])
     as a PNG file's bytes, compressed at zlib `level` (0: stored). Written with zlib directly:
@@ -102,13 +117,7 @@ def png_bytes(img, level: int = 6) -> bytes:
     a = np.asarray(img)
     a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
     c, h, w = a.shape
-    rows = np.zeros((h, w * c + 1), np.uint8)  # each row: filter type 0 (none), then its bytes
+    rows = np.empty((h, w * c + 1), np.uint8)  # each row: filter type 0 (none), then its bytes
+    rows[:, 0] = 0
     rows[:, 1:] = a.transpose(1, 2, 0).reshape(h, w * c)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    colour = {1: 0, 3: 2}[c]  # PNG colour types: gray, RGB
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b""))
+    return _png_head(c, h, w) + _chunk(b"IDAT", zlib.compress(rows, level)) + _PNG_END
