@@ -66,6 +66,22 @@ def test_propagation_on_separated_blobs_labels_every_image():
     assert conf.min() > 0.9  # the other blob is 50x further away: its vote weighs little
 
 
+def test_propagation_votes_as_scikit_learns_distance_weighted_knn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(400, 3)).astype(np.float32)
+    z[1] = z[0]  # a query at distance 0 from a labelled image: that image decides alone
+    known, query = np.arange(0, 400, 2), np.arange(1, 400, 2)
+    labels = np.array(["a", "b", "c"], dtype=object)[rng.integers(0, 3, len(known))]
+    got, conf = propagate(z, known, labels, query, k=7)
+    knn = KNeighborsClassifier(7, weights="distance").fit(z[known], labels)
+    proba = knn.predict_proba(z[query])
+    assert list(got) == list(knn.classes_[proba.argmax(1)])
+    np.testing.assert_allclose(conf, proba.max(1), rtol=1e-6)
+    assert got[0] == labels[0] and conf[0] == 1.0
+
+
 def test_typical_images_one_row_per_rank_largest_cluster_first(blob_run):
     for by in ("density", "confidence"):
         rows = typical(blob_run, 4, by)
