@@ -88,6 +88,18 @@ def test_a_hand_edited_labels_csv_is_one_line(digits_run, bad):
         path.write_text(good)
 
 
+def test_a_truncated_labels_csv_row_is_one_line(digits_run):
+    path = digits_run / "labels.csv"
+    good = path.read_text()
+    lines = good.splitlines()
+    try:
+        path.write_text("\n".join(lines[:5] + [lines[5].rsplit(",", 2)[0]] + lines[6:]) + "\n")
+        line = run("review", digits_run, code=2)
+        assert "labels.csv, line 6: " in line and "the file is damaged" in line
+    finally:
+        path.write_text(good)
+
+
 def test_review_n_must_be_positive(digits_run):
     assert "--n -5: expected 1 or more" in run("review", digits_run, "--n", -5, code=2)
 

@@ -244,6 +244,10 @@ def read_labels(run_dir: Path) -> dict[str, np.ndarray]:
         reader = csv.reader(f)
         header = next(reader, [])
         rows = list(reader)
+    short = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
+    if short is not None:
+        raise DVClustError(f"{path}, line {short + 2}: {len(rows[short])} fields, the header has "
+                           f"{len(header)}; the file is damaged (fit the run again to rewrite it)")
     # object arrays of the strings: numpy's fixed-width str arrays took longer to build than the
     # file took to parse (10^6 rows)
     out = {name: np.array([r[j] for r in rows], dtype=object) for j, name in enumerate(header)}

@@ -95,9 +95,8 @@ def as_labels(y, n: int, source: str = "labels") -> np.ndarray | None:
     return y
 
 
-def _chunk(kind: bytes, data) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + bytes(data)
-            + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 @functools.lru_cache(maxsize=32)
@@ -117,7 +116,6 @@ def png_bytes(img, level: int = 6) -> bytes:
     a = np.asarray(img)
     a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.dtype != np.uint8 else a
     c, h, w = a.shape
-    rows = np.empty((h, w * c + 1), np.uint8)  # each row: filter type 0 (none), then its bytes
-    rows[:, 0] = 0
+    rows = np.zeros((h, w * c + 1), np.uint8)  # each row: filter type 0 (none), then its bytes
     rows[:, 1:] = a.transpose(1, 2, 0).reshape(h, w * c)
     return _png_head(c, h, w) + _chunk(b"IDAT", zlib.compress(rows, level)) + _PNG_END
