@@ -10,7 +10,8 @@ of B looks per class (L = B x C looks in all), on every image of the dataset:
   with K = 5 x C clusters. If L <= K, the L largest clusters are named from their single most
   typical image and the rest is propagated. Otherwise every cluster is named from its M most
   typical images (M = 1; the variant `M3` uses M = min(3, L // K)), and the looks left over
-  correct the least sure labels, in order. `density` (TypiClust's typicality, the default of
+  correct the least sure labels, in order (in ROUNDS rounds; `neighbours`: with names.json's
+  labels_from: neighbours, so that each correction relabels the images around it). `density` (TypiClust's typicality, the default of
   `dvclust typical`) and `confidence` (highest q) choose the typical images.
 - `random@L` / `random@2L`: L (or 2L) random images labelled, propagated in the same latent space.
 - `pca-random@L` / `pca-random@2L`: the same on the first 50 principal components of the pixels.
@@ -75,17 +76,25 @@ def propagated(z: np.ndarray, known: np.ndarray, known_labels, n: int, seed: int
 
 
 def run_strategy(run: Path, y: np.ndarray, looks: int, k: int, name: str) -> tuple[np.ndarray, int]:
-    """cluster_then_label for a strategy named "dvclust[BY]", "dvclust[BY,M3]" or "...,spread"."""
+    """cluster_then_label for a strategy named "dvclust[BY]", "dvclust[BY,M3]", "...,spread" or
+    "...,neighbours"."""
     by, *opts = name[len("dvclust["):-1].split(",")
-    return cluster_then_label(run, y, looks, k, by, 3 if "M3" in opts else 1, "spread" in opts)
+    return cluster_then_label(run, y, looks, k, by, 3 if "M3" in opts else 1, "spread" in opts,
+                              "neighbours" in opts)
+
+
+ROUNDS = 5   # the person corrects in rounds, `dvclust labels` between them
 
 
 def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
-                       max_m: int = 1, spread: bool = False) -> tuple[np.ndarray, int]:
+                       max_m: int = 1, spread: bool = False,
+                       neighbours: bool = False) -> tuple[np.ndarray, int]:
     """The simulated annotator through dvclust's own files; returns the labels and looks spent.
-    `spread` (a what-if, not in dvclust): afterwards every image not looked at takes the k-NN
-    vote of the looked-at ones (each typical image with the name its cluster got, each corrected
-    one with its correction) instead of its cluster's name."""
+    The looks left over after naming go to the least sure labels, in ROUNDS rounds.
+    `neighbours`: names.json's labels_from: neighbours. `spread` (a what-if, not in dvclust):
+    afterwards every image not looked at takes the k-NN vote of the looked-at ones (each typical
+    image with the name its cluster got, each corrected one with its correction) instead of its
+    cluster's name."""
     from dvclust.labelling import add_corrections, latents, self_labels, set_names, typical
 
     for f in ("names.json", "corrections.csv"):
@@ -98,22 +107,28 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     clusters = list(chosen)[:looks] if looks <= k else list(chosen)
     pairs = [f"{c}={Counter(str(y[i]) for i in chosen[c]).most_common(1)[0][0]}" for c in clusters]
     spent = sum(len(chosen[c]) for c in clusters)
-    set_names(run, pairs)
+    set_names(run, pairs, labels_from="neighbours" if neighbours else None)
+    seen = {i for c in clusters for i in chosen[c]}
     left = looks - spent
-    if left > 0:
+    fix = []
+    for r in range(ROUNDS if left > 0 else 0):
+        take = left // (ROUNDS - r)
+        if not take:
+            continue
         s = self_labels(run)
         order = np.argsort(s["confidence"], kind="stable")
-        fix = [int(i) for i in order if s["how"][i] != "corrected"][:left]
-        add_corrections(run, [{"index": i, "label": str(y[i])} for i in fix])
-        spent += len(fix)
-    else:
-        fix = []
+        new = [int(i) for i in order if s["how"][i] != "corrected" and i not in seen][:take]
+        add_corrections(run, [{"index": i, "label": str(y[i])} for i in new])
+        fix += new
+        seen.update(new)
+        left -= take
+    spent += len(fix)
     labels = self_labels(run)["label"]
     if spread:
-        seen = {i: p.split("=", 1)[1] for c, p in zip(clusters, pairs) for i in chosen[c]}
-        seen.update({i: str(y[i]) for i in fix})
-        known = np.asarray(sorted(seen))
-        labels = propagated(latents(run), known, [seen[i] for i in known], len(y))
+        looked = {i: p.split("=", 1)[1] for c, p in zip(clusters, pairs) for i in chosen[c]}
+        looked.update({i: str(y[i]) for i in fix})
+        known = np.asarray(sorted(looked))
+        labels = propagated(latents(run), known, [looked[i] for i in known], len(y))
     return labels, spent
 
 
@@ -173,7 +188,8 @@ def one(dataset: str, seed: int, settings: list[str]) -> dict:
 
     for b in budgets():
         looks = b * c
-        for name in ("dvclust[density]", "dvclust[confidence]", "dvclust[density,M3]"):
+        for name in ("dvclust[density]", "dvclust[confidence]", "dvclust[density,M3]",
+                     "dvclust[confidence,neighbours]"):
             add(name, b, looks, *run_strategy(run, y, looks, k, name))
         for mult in (1, 2):
             add(f"random@{mult}L", b, looks, random_prop(z, mult * looks), mult * looks)

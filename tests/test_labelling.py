@@ -13,7 +13,7 @@ from conftest import FAST, cli
 from dvclust import DVClustError
 from dvclust.cli import app
 from dvclust.curate import export, review_queue
-from dvclust.labelling import (check_name, load_names, propagate, read_corrections, safe_folder,
+from dvclust.labelling import (add_corrections, check_name, load_names, propagate, read_corrections, safe_folder,
                                self_labels, set_names, typical, write_self_labels)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -161,6 +161,29 @@ def test_mixed_and_unnamed_clusters_are_propagated(blob_run, tmp_path):
     s = self_labels(blob_run)
     assert set(s["label"][third]) == {"two"}
     assert set(s["how"][np.array([r["label"] == "1" for r in lab])]) == {"propagated"}
+
+
+def test_by_neighbours_a_correction_relabels_the_images_around_it(blob_run, tmp_path):
+    _reset(blob_run)
+    lab = _rows(blob_run / "labels.csv")
+    c = [next(r["cluster"] for r in lab if r["label"] == str(k)) for k in range(3)]
+    set_names(blob_run, [f"{c[0]}=zero", f"{c[1]}=zero", f"{c[2]}=two"])  # blob 1 named wrongly
+    blob = [np.flatnonzero([r["label"] == str(k) for r in lab]) for k in range(3)]
+    add_corrections(blob_run, [{"index": int(i), "label": "one"} for i in blob[1][-3:]])
+    s = self_labels(blob_run)
+    assert set(s["label"][blob[1][:-3]]) == {"zero"}  # by cluster, a correction is its image's alone
+    cli("name", blob_run, "--labels-from", "neighbours")
+    assert load_names(blob_run).labels_from == "neighbours"
+    s = self_labels(blob_run)
+    assert list(s["how"]).count("cluster") == 3 and list(s["how"]).count("corrected") == 3
+    assert set(s["label"][blob[0]]) == {"zero"} and set(s["label"][blob[2]]) == {"two"}
+    assert (s["label"][blob[1]] == "one").mean() > 0.8
+    set_names(blob_run, [f"{c[2]}=two"])  # naming again keeps the choice
+    assert load_names(blob_run).labels_from == "neighbours"
+    cli("predict", blob_run, blob_run.parent / "b.npz", "--out", tmp_path / "p.csv")
+    assert [r["self_label"] for r in _rows(tmp_path / "p.csv")] == list(s["label"])
+    r = CliRunner().invoke(app, ["name", str(blob_run), "--labels-from", "votes"])
+    assert r.exit_code == 2 and "votes" in r.stderr
 
 
 def test_predict_uses_the_names(blob_run, tmp_path):

@@ -114,6 +114,10 @@ class By(str, Enum):
     density, confidence = "density", "confidence"
 
 
+class LabelsFrom(str, Enum):
+    cluster, neighbours = "cluster", "neighbours"
+
+
 # Options fit and suggest-k share, defined once (None: not given on the command line)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with config keys")]
 SetsOpt = Annotated[List[str], typer.Option("--set", help="override one config key: --set gamma=0.2")]
@@ -313,14 +317,22 @@ def name(
                                     "labelled by propagation (repeat the option for several)"),
     unmixed: List[int] = typer.Option([], "--unmixed", help="take a mixed mark back"),
     unname: List[int] = typer.Option([], "--unname", help="remove a cluster's name"),
+    labels_from: Optional[LabelsFrom] = typer.Option(
+        None, "--labels-from", help="cluster (default: a named cluster's images carry its name) or "
+        "neighbours (once every cluster is named: each image takes the vote of its nearest named "
+        "and corrected images, so that a correction relabels the images around it)"),
 ):
     """Name clusters (many-to-one), or mark them mixed; `labels` and the exports use the names."""
     from .labelling import cluster_name, set_names
 
-    if not (pairs or from_csv or mixed or unmixed or unname):
-        raise DVClustError("name: give CLUSTER_ID=NAME pairs, --from names.csv, --mixed or --unname")
-    names = set_names(run_dir, pairs or [], from_csv, mixed, unmixed, unname)
+    if not (pairs or from_csv or mixed or unmixed or unname or labels_from):
+        raise DVClustError("name: give CLUSTER_ID=NAME pairs, --from names.csv, --mixed, --unname "
+                           "or --labels-from")
+    names = set_names(run_dir, pairs or [], from_csv, mixed, unmixed, unname,
+                      labels_from.value if labels_from else None)
     typer.echo(", ".join(f"{k}={v}" for k, v in sorted(names.names.items())) or "no names")
+    if names.labels_from != "cluster":
+        typer.echo(f"labels from: {names.labels_from}")
     if names.mixed:
         typer.echo("mixed: " + ", ".join(cluster_name(names, c) + f" ({c})" for c in sorted(names.mixed)))
     typer.echo(f"-> {run_dir / 'names.json'}")

@@ -4,7 +4,7 @@ per-image corrections, and propagation into one label per image (`self_labels`).
 
 Everything lives in the run folder, beside what `fit` wrote:
 
-    names.json        {"names": {"0": "normal", "3": "normal"}, "mixed": [4]}
+    names.json        {"names": {"0": "normal", "3": "normal"}, "mixed": [4], "labels_from": "cluster"}
     corrections.csv   index, source, label          (appended; a later row for an image wins)
     self_labels.csv   index, source, cluster, label, confidence, how
 
@@ -13,6 +13,14 @@ cluster's name), `propagated` (an image of an unnamed or mixed cluster, labelled
 labelled neighbours in latent space) or `none` (nothing named yet). `confidence` is how sure that
 label is: 1 for a correction; for a cluster name, the soft assignment q summed over every cluster
 that carries the name; for a propagated label, the distance-weighted vote of its neighbours.
+
+Where labels come from is names.json's `labels_from`: `cluster` (the default: a named cluster's
+images carry its name, a correction changes its own image only) or `neighbours`, for when every
+cluster is named and the person goes on correcting: only each named cluster's most confident
+image carries the name (`cluster`), and every image that is not corrected takes the vote of its
+nearest named and corrected images (`propagated`), so that a correction also relabels the images
+around it and `review` offers the images whose vote is least sure (docs/DECISIONS.md, "Looks
+beyond the clusters").
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ PROPAGATION_REFERENCE = 20_000    # labelled images kept as neighbours, at most 
 TYPICAL_NEIGHBOURS = 20           # TypiClust's k
 TYPICAL_SAMPLE = 2_000            # members per cluster that typicality is computed among, at most
 TYPICAL_BY = ("density", "confidence")
+LABELS_FROM = ("cluster", "neighbours")
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -58,6 +67,7 @@ def safe_folder(name: str) -> str:
 class Names:
     names: dict[int, str] = field(default_factory=dict)
     mixed: set[int] = field(default_factory=set)
+    labels_from: str = "cluster"   # LABELS_FROM; the module docstring says what each does
 
     def of(self, cluster: int) -> str | None:
         """The label a cluster gives its images: its name, unless it is marked mixed."""
@@ -72,16 +82,19 @@ def load_names(run_dir: Path) -> Names:
         doc = json.loads(path.read_text())
         if "names" not in doc:  # the format before many-to-one names: {"0": "normal", ...}
             doc = {"names": doc, "mixed": []}
-        return Names({int(k): check_name(v) for k, v in doc["names"].items()},
-                     {int(c) for c in doc.get("mixed", [])})
+        names = Names({int(k): check_name(v) for k, v in doc["names"].items()},
+                      {int(c) for c in doc.get("mixed", [])}, doc.get("labels_from", "cluster"))
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise DVClustError(f"{path}: not a names file ({e})") from None
+    if names.labels_from not in LABELS_FROM:
+        raise DVClustError(f"{path}: labels_from {names.labels_from!r}: use {', '.join(LABELS_FROM)}")
+    return names
 
 
 def save_names(run_dir: Path, names: Names) -> None:
     write_json_atomic(Path(run_dir) / "names.json",
                       {"names": {str(k): v for k, v in sorted(names.names.items())},
-                       "mixed": sorted(names.mixed)})
+                       "mixed": sorted(names.mixed), "labels_from": names.labels_from})
 
 
 def cluster_name(names: Names | dict, cid: int) -> str:
@@ -107,9 +120,11 @@ def _cluster_id(text: str, k: int, where: str) -> int:
 
 
 def set_names(run_dir: Path, pairs: list[str] = (), from_csv: Path | None = None,
-              mixed: list[int] = (), unmixed: list[int] = (), unname: list[int] = ()) -> Names:
-    """Merge `ID=NAME` pairs, a CSV of `cluster,name` rows, and mixed marks into names.json.
-    Several clusters may share a name; a mixed cluster's images are labelled by propagation."""
+              mixed: list[int] = (), unmixed: list[int] = (), unname: list[int] = (),
+              labels_from: str | None = None) -> Names:
+    """Merge `ID=NAME` pairs, a CSV of `cluster,name` rows, mixed marks and `labels_from` into
+    names.json. Several clusters may share a name; a mixed cluster's images are labelled by
+    propagation."""
     k = _n_clusters(run_dir)
     names = load_names(run_dir)
     given: list[tuple[int, str]] = []
@@ -128,6 +143,10 @@ def set_names(run_dir: Path, pairs: list[str] = (), from_csv: Path | None = None
         names.names.pop(_cluster_id(c, k, "--unname"), None)
     names.mixed |= {_cluster_id(c, k, "--mixed") for c in mixed}
     names.mixed -= {_cluster_id(c, k, "--unmixed") for c in unmixed}
+    if labels_from is not None:
+        if labels_from not in LABELS_FROM:
+            raise DVClustError(f"--labels-from {labels_from!r}: use {', '.join(LABELS_FROM)}")
+        names.labels_from = labels_from
     save_names(run_dir, names)
     return names
 
@@ -335,6 +354,13 @@ def direct_labels(clusters: np.ndarray, names: Names, corrections: dict[int, str
     return label, how
 
 
+def most_confident(clusters: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """The index of each non-empty cluster's most confident image (the first of a tie)."""
+    order = np.lexsort((np.arange(len(clusters)), -confidence, clusters))
+    first = np.r_[True, clusters[order][1:] != clusters[order][:-1]]
+    return order[first]
+
+
 def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[str, np.ndarray]:
     """One label per image from the names, the corrections and propagation (see the module
     docstring for `how` and `confidence`). `lab`: the run's labels.csv, when the caller has read
@@ -349,6 +375,11 @@ def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[s
     corrections = read_corrections(run_dir)
     k = _n_clusters(run_dir)
     label, how = direct_labels(clusters, names, corrections, k)
+    if names.labels_from == "neighbours":  # each named cluster speaks through one image only
+        speaks = np.zeros(n, bool)
+        speaks[most_confident(clusters, lab["confidence"].astype(float))] = True
+        silent = (how == "cluster") & ~speaks
+        label[silent], how[silent] = "", "none"
     conf = np.zeros(n)
     z = latents(run_dir) if (how != "none").any() else None
     rows = np.flatnonzero(how == "cluster")
@@ -382,15 +413,18 @@ def summary(s: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def label_new(run_dir: Path, clusters: np.ndarray, z_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels for new images (predict): their cluster's name where it has one, else the vote of
-    their nearest labelled images of the run. Returns (label, how)."""
+    """Labels for new images (predict): their cluster's name where it has one (by `cluster`),
+    else the vote of their nearest labelled images of the run. Returns (label, how)."""
     names = load_names(run_dir)
-    label = np.array([names.of(int(c)) or "" for c in clusters], dtype=object)
+    by_cluster = names.labels_from == "cluster"
+    label = np.array([(names.of(int(c)) if by_cluster else None) or "" for c in clusters], dtype=object)
     how = np.where(label != "", "cluster", "none").astype(object)
     rest = np.flatnonzero(label == "")
     if len(rest) and (names.names or read_corrections(run_dir)):
         s = self_labels(run_dir)
-        known = np.flatnonzero(s["how"] != "none")
+        # by neighbours, new images vote among the run's named and corrected images, as its own do
+        known = np.flatnonzero(s["how"] != "none" if by_cluster
+                               else np.isin(s["how"], ("corrected", "cluster")))
         z = np.concatenate([np.asarray(latents(run_dir), dtype=np.float32),
                             np.asarray(z_new, dtype=np.float32)])
         n = len(s["label"])
