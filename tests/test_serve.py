@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, cli
-from dvclust.labelling import load_names, read_corrections
+from dvclust.labelling import load_names, read_corrections, set_names
 from dvclust.rundir import run_source
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
@@ -117,6 +117,13 @@ def test_api_writes_what_the_cli_reads_and_undo(run):
     cli("labels", run)
     how = [r["how"] for r in _rows(run / "self_labels.csv")]
     assert s == {"n": 60, **{h: how.count(h) for h in ("corrected", "cluster", "propagated", "none")}}
+    set_names(run, labels_from="neighbours")  # counted as `labels` counts them in either mode
+    s = c.get("/api/summary").json()
+    cli("labels", run)
+    how = [r["how"] for r in _rows(run / "self_labels.csv")]
+    assert s == {"n": 60, **{h: how.count(h) for h in ("corrected", "cluster", "propagated", "none")}}
+    assert how.count("cluster") == 2  # the two named clusters speak through one image each
+    set_names(run, labels_from="cluster")
     assert c.get("/api/clusters").json()["names_in_use"] == ["excluded", "odd", "square"]
     assert c.post("/api/undo", json={}).json()["undo"] == 4       # the exclusion is gone
     assert read_corrections(run) == {3: "odd", 4: "odd", 5: "odd"}

@@ -339,13 +339,19 @@ def _soft_assignments(run_dir: Path, z: np.ndarray, rows: np.ndarray) -> np.ndar
     return out
 
 
-def direct_labels(clusters: np.ndarray, names: Names, corrections: dict[int, str], k: int,
+def direct_labels(clusters: np.ndarray, confidence: np.ndarray, names: Names,
+                  corrections: dict[int, str], k: int,
                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Label and `how` of the images `rows` (default: all) before propagation: a correction,
-    else the name of its cluster (unless mixed), else "" and "none"."""
+    else the name of its cluster (unless mixed; by `neighbours`, only for the cluster's most
+    confident image, by `confidence`, labels.csv's), else "" and "none"."""
     rows = np.arange(len(clusters)) if rows is None else np.asarray(rows, dtype=np.int64)
     by_cluster = np.array([names.of(c) or "" for c in range(k)], dtype=object)
     label = by_cluster[clusters[rows]]
+    if names.labels_from == "neighbours":  # each named cluster speaks through one image only
+        speaks = np.zeros(len(clusters), bool)
+        speaks[most_confident(clusters, confidence)] = True
+        label[~speaks[rows]] = ""
     how = np.where(label != "", "cluster", "none").astype(object)
     if corrections:
         fixed = np.flatnonzero(np.isin(rows, np.fromiter(corrections, dtype=np.int64)))
@@ -374,12 +380,7 @@ def self_labels(run_dir: Path, seed: int = 0, lab: dict | None = None) -> dict[s
     names = load_names(run_dir)
     corrections = read_corrections(run_dir)
     k = _n_clusters(run_dir)
-    label, how = direct_labels(clusters, names, corrections, k)
-    if names.labels_from == "neighbours":  # each named cluster speaks through one image only
-        speaks = np.zeros(n, bool)
-        speaks[most_confident(clusters, lab["confidence"].astype(float))] = True
-        silent = (how == "cluster") & ~speaks
-        label[silent], how[silent] = "", "none"
+    label, how = direct_labels(clusters, lab["confidence"].astype(float), names, corrections, k)
     conf = np.zeros(n)
     z = latents(run_dir) if (how != "none").any() else None
     rows = np.flatnonzero(how == "cluster")

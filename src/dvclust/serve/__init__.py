@@ -118,7 +118,7 @@ class ReviewRun:
 
     def image_rows(self, idx) -> list[dict]:
         idx = np.asarray(idx, dtype=np.int64)
-        label, how = labelling.direct_labels(self.clusters, load_names(self.run_dir),
+        label, how = labelling.direct_labels(self.clusters, self.conf, load_names(self.run_dir),
                                              read_corrections(self.run_dir), self.k, idx)
         return [{"index": int(i), "source": str(self.lab["source"][i]),
                  "cluster": int(self.clusters[i]), "confidence": round(float(self.conf[i]), 4),
@@ -143,7 +143,7 @@ class ReviewRun:
     def summary(self) -> dict:
         """How many images are labelled which way, as `dvclust labels` would count them,
         without running the propagation (every image left is propagated once one is labelled)."""
-        _, how = labelling.direct_labels(self.clusters, load_names(self.run_dir),
+        _, how = labelling.direct_labels(self.clusters, self.conf, load_names(self.run_dir),
                                          read_corrections(self.run_dir), self.k)
         counts = {h: int((how == h).sum()) for h in HOW}
         if counts["corrected"] + counts["cluster"]:
