@@ -77,25 +77,27 @@ def propagated(z: np.ndarray, known: np.ndarray, known_labels, n: int, seed: int
 
 def run_strategy(run: Path, y: np.ndarray, looks: int, k: int, name: str) -> tuple[np.ndarray, int]:
     """cluster_then_label for a strategy named "dvclust[BY]", "dvclust[BY,M3]", "...,spread" or
-    "...,neighbours"."""
+    "...,neighbours" or "...,neighbours,next"."""
     by, *opts = name[len("dvclust["):-1].split(",")
     return cluster_then_label(run, y, looks, k, by, 3 if "M3" in opts else 1, "spread" in opts,
-                              "neighbours" in opts)
+                              "neighbours" in opts, "next" in opts)
 
 
 ROUNDS = 5   # the person corrects in rounds, `dvclust labels` between them
 
 
 def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
-                       max_m: int = 1, spread: bool = False,
-                       neighbours: bool = False) -> tuple[np.ndarray, int]:
+                       max_m: int = 1, spread: bool = False, neighbours: bool = False,
+                       next_looks: bool = False) -> tuple[np.ndarray, int]:
     """The simulated annotator through dvclust's own files; returns the labels and looks spent.
-    The looks left over after naming go to the least sure labels, in ROUNDS rounds.
-    `neighbours`: names.json's labels_from: neighbours. `spread` (a what-if, not in dvclust):
+    The looks left over after naming go to the least sure labels, in ROUNDS rounds, or with
+    `next_looks` to the images `dvclust next` lists. `neighbours`: names.json's labels_from:
+    neighbours. `spread` (a what-if, not in dvclust):
     afterwards every image not looked at takes the k-NN vote of the looked-at ones (each typical
     image with the name its cluster got, each corrected one with its correction) instead of its
     cluster's name."""
-    from dvclust.labelling import add_corrections, latents, self_labels, set_names, typical
+    from dvclust.labelling import add_corrections, latents, next_looks as coverage, self_labels, \
+        set_names, typical
 
     for f in ("names.json", "corrections.csv"):
         (run / f).unlink(missing_ok=True)
@@ -111,6 +113,10 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     seen = {i for c in clusters for i in chosen[c]}
     left = looks - spent
     fix = []
+    if next_looks and left > 0:
+        fix = [r["index"] for r in coverage(run, left)]
+        add_corrections(run, [{"index": i, "label": str(y[i])} for i in fix])
+        left = 0
     for r in range(ROUNDS if left > 0 else 0):
         take = left // (ROUNDS - r)
         if not take:
@@ -189,7 +195,7 @@ def one(dataset: str, seed: int, settings: list[str]) -> dict:
     for b in budgets():
         looks = b * c
         for name in ("dvclust[density]", "dvclust[confidence]", "dvclust[density,M3]",
-                     "dvclust[confidence,neighbours]"):
+                     "dvclust[confidence,neighbours]", "dvclust[confidence,neighbours,next]"):
             add(name, b, looks, *run_strategy(run, y, looks, k, name))
         for mult in (1, 2):
             add(f"random@{mult}L", b, looks, random_prop(z, mult * looks), mult * looks)

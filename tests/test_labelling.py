@@ -13,8 +13,10 @@ from conftest import FAST, cli
 from dvclust import DVClustError
 from dvclust.cli import app
 from dvclust.curate import export, review_queue
-from dvclust.labelling import (add_corrections, check_name, load_names, propagate, read_corrections, safe_folder,
-                               self_labels, set_names, typical, write_self_labels)
+from dvclust.labelling import (add_corrections, check_name, load_names, looked_at, next_looks,
+                               propagate, read_corrections, safe_folder, self_labels, set_names,
+                               typical, write_self_labels)
+from dvclust.rundir import read_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -184,6 +186,25 @@ def test_by_neighbours_a_correction_relabels_the_images_around_it(blob_run, tmp_
     assert [r["self_label"] for r in _rows(tmp_path / "p.csv")] == list(s["label"])
     r = CliRunner().invoke(app, ["name", str(blob_run), "--labels-from", "votes"])
     assert r.exit_code == 2 and "votes" in r.stderr
+
+
+def test_next_looks_cover_what_no_named_or_corrected_image_covers(blob_run, tmp_path):
+    _reset(blob_run)
+    blob = np.array([int(r["label"]) for r in _rows(blob_run / "labels.csv")])
+    rows = next_looks(blob_run, 3)  # nothing named: TypiClust, one image per blob
+    assert sorted(blob[[r["index"] for r in rows]]) == [0, 1, 2]
+    set_names(blob_run, ["0=a", "1=b", "2=c"])
+    add_corrections(blob_run, [{"index": 5, "label": "a"}])
+    seen = set(looked_at(blob_run, read_labels(blob_run)).tolist())
+    assert len(seen) == 4 and 5 in seen
+    cli("next", blob_run, "--n", 4)
+    got = _rows(blob_run / "next.csv")
+    assert [r["rank"] for r in got] == ["0", "1", "2", "3"]
+    assert not {int(r["index"]) for r in got} & seen and len({r["index"] for r in got}) == 4
+    sizes = [int(r["cell_size"]) for r in got]
+    assert sizes == sorted(sizes, reverse=True)
+    r = CliRunner().invoke(app, ["next", str(blob_run), "--n", "0"])
+    assert r.exit_code == 2 and "--n 0: expected 1 or more" in r.stderr
 
 
 def test_predict_uses_the_names(blob_run, tmp_path):

@@ -354,6 +354,22 @@ def typical(
     typer.echo(f"typical images -> {path}")
 
 
+@app.command("next")
+@clean_errors
+def next_looks(
+    run_dir: Path = typer.Argument(..., help="a run whose clusters are named"),
+    n: int = typer.Option(50, "--n", help="how many images"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV (default RUN_DIR/next.csv)"),
+):
+    """Once the clusters are named: the n images to label next (`correct`), each from a part of the
+    latent space that no named or corrected image covers yet; best with `name --labels-from
+    neighbours`."""
+    from .labelling import write_next_looks
+
+    path = write_next_looks(run_dir, n, out)
+    typer.echo(f"next images to label -> {path}")
+
+
 @app.command()
 @clean_errors
 def correct(

@@ -41,6 +41,7 @@ PROPAGATION_NEIGHBOURS = 10       # docs/DECISIONS.md, "propagation"
 PROPAGATION_REFERENCE = 20_000    # labelled images kept as neighbours, at most (a seeded sample)
 TYPICAL_NEIGHBOURS = 20           # TypiClust's k
 TYPICAL_SAMPLE = 2_000            # members per cluster that typicality is computed among, at most
+KMEANS_SAMPLE = 100_000           # latents next_looks fits its cells on, at most (as kmeans_max_samples)
 TYPICAL_BY = ("density", "confidence")
 LABELS_FROM = ("cluster", "neighbours")
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
@@ -277,6 +278,60 @@ def typical(run_dir: Path, per_cluster: int = 5, how: str = "confidence",
         rows += [{"cluster": int(c), "rank": r, "index": int(i), "source": lab["source"][i]}
                  for r, i in enumerate(chosen)]
     return rows
+
+
+def looked_at(run_dir: Path, lab: dict) -> np.ndarray:
+    """The images a person has seen a label for: each named cluster's most confident image (what
+    `typical` shows first) and every corrected one."""
+    names = load_names(run_dir)
+    clusters = lab["cluster"].astype(int)
+    first = most_confident(clusters, lab["confidence"].astype(float))
+    named = first[[names.of(int(c)) is not None for c in clusters[first]]]
+    return np.union1d(named, np.fromiter(read_corrections(run_dir), dtype=np.int64))
+
+
+def next_looks(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
+    """The n images to label next once the clusters are named (TypiClust's rule carried beyond
+    them): k-means with as many cells as images looked at plus n on the latent means (fitted on at
+    most KMEANS_SAMPLE of them), and the densest image of each of the n largest cells that hold no
+    image looked at. Rows: rank, index, source, cell_size."""
+    from sklearn.cluster import KMeans
+
+    from .rundir import read_labels
+
+    if n < 1:
+        raise DVClustError(f"--n {n}: expected 1 or more")
+    lab = read_labels(run_dir)
+    z = np.asarray(latents(run_dir), dtype=np.float32)
+    seen = looked_at(run_dir, lab)
+    cells = min(len(z), len(seen) + n)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(z), KMEANS_SAMPLE, replace=False)) if len(z) > KMEANS_SAMPLE \
+        else np.arange(len(z))
+    cell = KMeans(cells, n_init=1, random_state=seed).fit(z[sample]).predict(z)
+    sizes = np.bincount(cell, minlength=cells)
+    covered = set(cell[seen].tolist())
+    rows = []
+    for j in np.argsort(-sizes, kind="stable"):
+        if len(rows) == n or not sizes[j]:
+            break
+        if j in covered:
+            continue
+        members = np.flatnonzero(cell == j)
+        if len(members) > TYPICAL_SAMPLE:
+            members = np.sort(rng.choice(members, TYPICAL_SAMPLE, replace=False))
+        i = int(members[np.argmax(typicality(z[members].astype(np.float64)))])
+        rows.append({"rank": len(rows), "index": i, "source": lab["source"][i],
+                     "cell_size": int(sizes[j])})
+    return rows
+
+
+def write_next_looks(run_dir: Path, n: int, out: Path | None = None) -> Path:
+    rows = next_looks(run_dir, n)
+    out = Path(out) if out else Path(run_dir) / "next.csv"
+    keys = ["rank", "index", "source", "cell_size"]
+    write_csv_atomic(out, keys, ([r[k] for k in keys] for r in rows))
+    return out
 
 
 def write_typical(run_dir: Path, per_cluster: int = 5, out: Path | None = None,
