@@ -87,6 +87,7 @@ def main() -> None:
             (f"name ({len(half)} clusters)", ["name", str(run), *half]),
             ("correct (100 images)", ["correct", str(run), str(corrections)]),
             ("labels", ["labels", str(run)]),
+            ("next --n 100", ["next", str(run), "--n", "100"]),
             ("report", ["report", str(run)]),
             ("review --n 200", ["review", str(run), "--n", "200"]),
             ("export csv", ["export", str(run), "--format", "csv"]),

@@ -98,7 +98,7 @@ def test_label_studio_round_trip(label_studio):
     r = client.post("/api/projects", json={"title": "dvclust round trip", "label_config": config})
     assert r.status_code == 201, r.text
     project = r.json()["id"]
-    # the Local Storage that lets Label Studio serve files of that folder (README, step 6)
+    # the Local Storage that lets Label Studio serve files of that folder (README, step 7)
     r = client.post("/api/storages/localfiles", json={"project": project, "title": "scans",
                                                       "path": str(root / "imgs"),
                                                       "use_blob_urls": False})
