@@ -11,7 +11,8 @@ of B looks per class (L = B x C looks in all), on every image of the dataset:
   typical image and the rest is propagated. Otherwise every cluster is named from its M most
   typical images (M = 1; the variant `M3` uses M = min(3, L // K)), and the looks left over
   correct the least sure labels, in order (in ROUNDS rounds; `neighbours`: with names.json's
-  labels_from: neighbours, so that each correction relabels the images around it). `density` (TypiClust's typicality, the default of
+  labels_from: neighbours, so that each correction relabels the images around it; `next`: on
+  the images `dvclust next` lists instead). `density` (TypiClust's typicality, the default of
   `dvclust typical`) and `confidence` (highest q) choose the typical images.
 - `random@L` / `random@2L`: L (or 2L) random images labelled, propagated in the same latent space.
 - `pca-random@L` / `pca-random@2L`: the same on the first 50 principal components of the pixels.
@@ -92,10 +93,9 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     """The simulated annotator through dvclust's own files; returns the labels and looks spent.
     The looks left over after naming go to the least sure labels, in ROUNDS rounds, or with
     `next_looks` to the images `dvclust next` lists. `neighbours`: names.json's labels_from:
-    neighbours. `spread` (a what-if, not in dvclust):
-    afterwards every image not looked at takes the k-NN vote of the looked-at ones (each typical
-    image with the name its cluster got, each corrected one with its correction) instead of its
-    cluster's name."""
+    neighbours. `spread` (a what-if, not in dvclust): afterwards every image not looked at takes
+    the k-NN vote of the looked-at ones (each typical image with the name its cluster got, each
+    corrected one with its correction) instead of its cluster's name."""
     from dvclust.labelling import add_corrections, latents, next_looks as coverage, self_labels, \
         set_names, typical
 
@@ -138,6 +138,18 @@ def cluster_then_label(run: Path, y: np.ndarray, looks: int, k: int, by: str,
     return labels, spent
 
 
+def typical_of_cells(z: np.ndarray, cells: np.ndarray, which) -> list[int]:
+    """The densest member (TypiClust's typicality) of each non-empty cell in `which`."""
+    from dvclust.labelling import typicality
+
+    out = []
+    for j in which:
+        m = np.flatnonzero(cells == j)
+        if len(m):
+            out.append(int(m[np.argmax(typicality(z[m].astype(np.float64)))]))
+    return out
+
+
 def budgets() -> tuple[int, ...]:
     """The budgets a case scores (--budgets, passed to its process in BENCH_BUDGETS)."""
     got = os.environ.get("BENCH_BUDGETS")
@@ -159,7 +171,6 @@ def one(dataset: str, seed: int, settings: list[str]) -> dict:
     from sklearn.decomposition import PCA
 
     from dvclust import Config
-    from dvclust.labelling import typicality
     from dvclust.rundir import fit_run
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
@@ -201,12 +212,7 @@ def one(dataset: str, seed: int, settings: list[str]) -> dict:
             add(f"random@{mult}L", b, looks, random_prop(z, mult * looks), mult * looks)
             add(f"pca-random@{mult}L", b, looks, random_prop(pca, mult * looks), mult * looks)
         km = KMeans(min(looks, len(y)), n_init=1, random_state=seed).fit(z)
-        known = []
-        for j in range(km.n_clusters):
-            members = np.flatnonzero(km.labels_ == j)
-            if len(members):
-                known.append(members[np.argmax(typicality(z[members].astype(np.float64)))])
-        known = np.sort(np.asarray(known))
+        known = np.sort(np.asarray(typical_of_cells(z, km.labels_, range(km.n_clusters))))
         add("typiclust@L", b, looks, propagated(z, known, [str(v) for v in y[known]], len(y), seed),
             len(known))
     st = harness.stamp(cfg.to_dict())

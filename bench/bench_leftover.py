@@ -33,7 +33,6 @@ and the block bench_leftover of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,15 +40,15 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from bench_labelling import OVERCLUSTER, cluster_then_label, propagated, scores
+from bench_labelling import OVERCLUSTER, ROUNDS, cluster_then_label, propagated, scores, \
+    typical_of_cells
 from harness import RESULTS
 from results_md import write_block
 
 BUDGETS = (10, 20, 50)
-ROUNDS = 5
 RUNS = RESULTS / "runs" / "leftover"
-STRATEGIES = ("dvclust", "dvclust neighbours", "dvclust next", "+knn-uncertain", "+typical-cells", "+random",
-              "random@L", "random@2L", "typiclust@L",
+STRATEGIES = ("dvclust", "dvclust neighbours", "dvclust next", "+knn-uncertain", "+typical-cells",
+              "+random", "random@L", "random@2L", "typiclust@L",
               "pca: +knn-uncertain", "pca: random@L", "pca: random@2L")
 
 
@@ -68,7 +67,8 @@ def fitted(dataset: str, seed: int, threads: int) -> tuple[Path, bool]:
         return run, True
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
-    fit_run(source.load(verbose=False), cfg, run, source, verbose=False, resume=(run / "checkpoint.pt").exists())
+    fit_run(source.load(verbose=False), cfg, run, source, verbose=False,
+            resume=(run / "checkpoint.pt").exists())
     return run, False
 
 
@@ -81,24 +81,11 @@ def pixels_pca(data, seed: int) -> np.ndarray:
     return PCA(min(50, *flat.shape), random_state=seed).fit_transform(flat).astype(np.float32)
 
 
-def typical_of_cells(z: np.ndarray, cells: np.ndarray, which) -> list[int]:
-    """The densest member (TypiClust's typicality) of each cell in `which`."""
-    from dvclust.labelling import typicality
-
-    out = []
-    for j in which:
-        m = np.flatnonzero(cells == j)
-        if len(m):
-            out.append(int(m[np.argmax(typicality(z[m].astype(np.float64)))]))
-    return out
-
-
 def leftover(how: str, z: np.ndarray, y: np.ndarray, named: list[int], looks: int,
-             rng: np.random.Generator, seed: int) -> np.ndarray:
+             rng: np.random.Generator, seed: int, cells: np.ndarray | None = None) -> np.ndarray:
     """Every image's label when the `named` images (one per cluster) are followed by looks - K
-    more chosen `how`; each image not looked at takes the k-NN vote of the looked-at ones."""
-    from sklearn.cluster import KMeans
-
+    more chosen `how`; each image not looked at takes the k-NN vote of the looked-at ones.
+    `cells`: k-means with `looks` cells on z (for +typical-cells)."""
     from dvclust.labelling import propagate
 
     n = len(y)
@@ -113,9 +100,9 @@ def leftover(how: str, z: np.ndarray, y: np.ndarray, named: list[int], looks: in
             looked += rest[np.argsort(conf, kind="stable")[:take]].tolist()
             left -= take
     elif how == "+typical-cells":
-        cells = KMeans(looks, n_init=1, random_state=seed).fit(z).labels_
         have = set(cells[looked].tolist())
-        order = [j for j in np.argsort(-np.bincount(cells, minlength=looks), kind="stable") if j not in have]
+        order = [j for j in np.argsort(-np.bincount(cells, minlength=looks), kind="stable")
+                 if j not in have]
         looked += typical_of_cells(z, cells, order[:left])
     elif how == "+random":
         looked += rng.choice(np.setdiff1d(np.arange(n), looked), left, replace=False).tolist()
@@ -144,15 +131,15 @@ def one(dataset: str, seed: int, threads: int) -> dict:
                                                          neighbours=True)[0],
                 "dvclust next": cluster_then_label(run, y, looks, k, "confidence", neighbours=True,
                                                    next_looks=True)[0]}
+        cells = KMeans(looks, n_init=1, random_state=seed).fit(z).labels_
         for how in ("+knn-uncertain", "+typical-cells", "+random"):
-            pred[how] = leftover(how, z, y, named, looks, rng, seed)
+            pred[how] = leftover(how, z, y, named, looks, rng, seed, cells)
         pred["pca: +knn-uncertain"] = leftover("+knn-uncertain", pca, y, named, looks, rng, seed)
         for mult in (1, 2):
             known = np.sort(rng.choice(len(y), min(mult * looks, len(y)), replace=False))
             name = "random@L" if mult == 1 else "random@2L"
             pred[name] = propagated(z, known, y[known], len(y), seed)
             pred["pca: " + name] = propagated(pca, known, y[known], len(y), seed)
-        cells = KMeans(looks, n_init=1, random_state=seed).fit(z).labels_
         known = np.sort(typical_of_cells(z, cells, range(looks)))
         pred["typiclust@L"] = propagated(z, known, y[known], len(y), seed)
         rows += [{"dataset": dataset, "seed": seed, "n": len(y), "classes": c, "k": k,

@@ -311,13 +311,15 @@ def next_looks(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
     cell = KMeans(cells, n_init=1, random_state=seed).fit(z[sample]).predict(z)
     sizes = np.bincount(cell, minlength=cells)
     covered = set(cell[seen].tolist())
+    by_cell = np.argsort(cell, kind="stable")  # members of cell j: by_cell[starts[j]:starts[j + 1]]
+    starts = np.r_[0, np.cumsum(sizes)]
     rows = []
     for j in np.argsort(-sizes, kind="stable"):
         if len(rows) == n or not sizes[j]:
             break
         if j in covered:
             continue
-        members = np.flatnonzero(cell == j)
+        members = by_cell[starts[j]:starts[j + 1]]
         if len(members) > TYPICAL_SAMPLE:
             members = np.sort(rng.choice(members, TYPICAL_SAMPLE, replace=False))
         i = int(members[np.argmax(typicality(z[members].astype(np.float64)))])
