@@ -1,6 +1,6 @@
 """The review app (`dvclust serve`) on a run over many images: its start-up time, and the wall
-time of the cluster grid and of one gallery page (its JSON and 100 thumbnails) as a browser
-would fetch them, over HTTP from a real uvicorn server on 127.0.0.1. The run is a store of N
+time of the cluster grid, of one gallery page (its JSON and 100 thumbnails) and of the "Look
+next" page as a browser would fetch them, over HTTP from a real uvicorn server on 127.0.0.1. The run is a store of N
 synthetic 28x28 images (bench_scale's blobs) clustered by pca-kmeans into K clusters (the app's
 cost does not depend on how the clusters were found), half of them named.
 
@@ -56,6 +56,12 @@ def main() -> None:
         grid_json, grid, gallery, review = [], [], [], []
         with httpx.Client(base_url=base, timeout=600) as c:
             c.get("/api/review?limit=100")  # the first call builds the queue (once per change)
+            t = time.perf_counter()
+            c.get("/api/next?limit=40")  # k-means cells, once per change of the labels
+            next_first = time.perf_counter() - t
+            t = time.perf_counter()
+            c.get("/api/next?limit=40")
+            next_again = time.perf_counter() - t
             for r in range(a.repeats):
                 t = time.perf_counter()
                 doc = c.get("/api/clusters").json()
@@ -84,7 +90,9 @@ def main() -> None:
              f"| gallery page: 100 images' JSON + 100 thumbnails | "
              f"{statistics.median(gallery):.3f} | {max(gallery):.3f} |",
              f"| review queue page (100 images, JSON only) | {statistics.median(review):.3f} | "
-             f"{max(review):.3f} |"]
+             f"{max(review):.3f} |",
+             f"| look next, 40 images' JSON: computed / cached | {next_first:.2f} / "
+             f"{next_again:.3f} | |"]
     text = "\n".join(lines)
     print(text)
     write_block("bench_serve",

@@ -135,6 +135,50 @@ def test_api_writes_what_the_cli_reads_and_undo(run):
     assert r.status_code == 200 and (run / "export" / "labels_named.csv").exists()
 
 
+def test_app_shows_the_labels_that_labels_writes_and_confirms_the_next_looks(run):
+    """Every gallery shows what `dvclust labels` will write, propagated labels included; `Look
+    next` lists `dvclust next`'s images, and confirming them records them as looked at."""
+    c = client(run)
+    sizes = np.bincount([int(r["cluster"]) for r in _rows(run / "labels.csv")], minlength=4)
+    a, b = np.argsort(-sizes)[:2]
+    for cid, name in ((a, "big"), (b, "second")):
+        assert c.post("/api/names", json={"cluster": int(cid), "name": name}).status_code == 200
+    assert c.post("/api/names", json={"labels_from": "neighbours"}).json()["done"] == \
+        "labels from neighbours"
+    assert c.get("/api/clusters").json()["labels_from"] == "neighbours"
+    shown = _shown(c)
+    cli("labels", run)
+    assert shown == {int(r["index"]): (r["label"], r["how"]) for r in _rows(run / "self_labels.csv")}
+    assert sum(h == "propagated" for _, h in shown.values()) == 58  # two named images speak
+
+    nxt = c.get("/api/next?limit=5").json()["images"]
+    assert [r["index"] for r in nxt] == [int(r["index"]) for r in _rows(cli_next(run, 5))]
+    assert all(r["reason"].startswith("typical of") and r["how"] == "propagated" for r in nxt)
+    c.post("/api/corrections", json={"indices": [nxt[0]["index"]], "label": "odd"})
+    now = _shown(c)  # the correction may have moved its neighbours' votes: confirmed as shown now
+    r = c.post("/api/corrections", json={"indices": [r["index"] for r in nxt], "confirm": True})
+    assert r.json()["done"] == "4 label(s) confirmed"  # the corrected one is kept as it is
+    assert read_corrections(run) == {nxt[0]["index"]: "odd",
+                                     **{r["index"]: now[r["index"]][0] for r in nxt[1:]}}
+    again = {r["index"] for r in c.get("/api/next?limit=5").json()["images"]}
+    assert len(again) == 5 and not again & {r["index"] for r in nxt}  # looked at: not offered again
+    assert c.post("/api/corrections", json={"indices": [nxt[1]["index"]], "confirm": True}
+                  ).status_code == 409
+    c.post("/api/undo", json={})
+    assert len(read_corrections(run)) == 1
+
+
+def _shown(c):
+    """Every image's (label, how) as the cluster galleries show them."""
+    return {r["index"]: (r["label"], r["how"]) for cid in range(4)
+            for r in c.get(f"/api/clusters/{cid}/images?limit=500").json()["images"]}
+
+
+def cli_next(run, n):
+    cli("next", run, "--n", n)
+    return run / "next.csv"
+
+
 @pytest.mark.parametrize("method,path,body,status", [
     ("get", "/api/clusters/99/images", None, 404),
     ("get", "/api/clusters/abc/images", None, 400),
@@ -149,6 +193,9 @@ def test_api_writes_what_the_cli_reads_and_undo(run):
     ("post", "/api/names", {"cluster": 0, "name": 5}, 400),
     ("post", "/api/names", {"cluster": 0, "mixed": "yes"}, 400),
     ("post", "/api/names", [1, 2], 400),
+    ("post", "/api/names", {"labels_from": "votes"}, 400),
+    ("post", "/api/corrections", {"indices": [1], "confirm": True}, 409),  # nothing named yet
+    ("get", "/api/next?limit=0x", None, 400),
     ("post", "/api/corrections", {"indices": [1, 999], "label": "x"}, 404),
     ("post", "/api/corrections", {"indices": "1", "label": "x"}, 400),
     ("post", "/api/corrections", {"indices": [], "label": "x"}, 400),
@@ -266,14 +313,30 @@ def test_review_session_in_a_real_browser(server, tmp_path):
         caps = {int(page.locator(".tile").nth(i).get_attribute("data-index")):
                 page.locator(".tile").nth(i).inner_text() for i in range(page.locator(".tile").count())}
         assert all("odd one (corrected)" in caps[i] for i in picked)
-        progress = page.locator("#progress").inner_text()
         page.screenshot(path=str(tmp_path / "cluster.png"))
+        # Look next: the images of the parts no one has looked at, confirmed as they are shown
+        page.goto(url + "/#/next")
+        page.wait_for_selector("h2:text-matches('^Look next') >> xpath=.. >> .tile")
+        offered = [int(t.get_attribute("data-index")) for t in page.locator(".tile").all()]
+        page.screenshot(path=str(tmp_path / "next.png"))
+        page.get_by_role("button", name="Confirm all shown").click()
+        page.wait_for_selector("#status:text-matches('label.s. confirmed$')")
+        page.goto(url + "/")
+        page.get_by_label("a named cluster labels").select_option("neighbours")
+        page.wait_for_selector("#status:text-is('saved: labels from neighbours')")
+        progress = page.locator("#progress").inner_text()
+        page.screenshot(path=str(tmp_path / "grid_after.png"))
         browser.close()
     assert not errors, errors
     assert load_names(run).names == {0: "square <i>", 1: "square <i>"}
-    assert read_corrections(run) == {i: "odd one" for i in picked}
+    assert load_names(run).labels_from == "neighbours"
+    confirmed = {i: lbl for i, lbl in read_corrections(run).items() if i not in picked}
+    assert set(confirmed) == set(offered) - set(picked) and len(confirmed) > 10
+    assert {i: lbl for i, lbl in read_corrections(run).items() if i in picked} == \
+        {i: "odd one" for i in picked}
     out = cli("labels", run)
     rows = _rows(run / "self_labels.csv")
     assert all(rows[i]["label"] == "odd one" and rows[i]["how"] == "corrected" for i in picked)
     named = sum(r["how"] == "cluster" for r in rows)
-    assert f"{named} by a cluster name, 3 corrected" in progress and str(named) in out
+    assert f"{named} by a cluster name, {len(read_corrections(run))} corrected" in progress
+    assert str(named) in out

@@ -290,18 +290,18 @@ def looked_at(run_dir: Path, lab: dict) -> np.ndarray:
     return np.union1d(named, np.fromiter(read_corrections(run_dir), dtype=np.int64))
 
 
-def next_looks(run_dir: Path, n: int, seed: int = 0) -> list[dict]:
+def next_looks(run_dir: Path, n: int, seed: int = 0, lab: dict | None = None) -> list[dict]:
     """The n images to label next once the clusters are named (TypiClust's rule carried beyond
     them): k-means with as many cells as images looked at plus n on the latent means (fitted on at
     most KMEANS_SAMPLE of them), and the densest image of each of the n largest cells that hold no
-    image looked at. Rows: rank, index, source, cell_size."""
+    image looked at. Rows: rank, index, source, cell_size. `lab`: labels.csv, as in self_labels."""
     from sklearn.cluster import KMeans
 
     from .rundir import read_labels
 
     if n < 1:
         raise DVClustError(f"--n {n}: expected 1 or more")
-    lab = read_labels(run_dir)
+    lab = read_labels(run_dir) if lab is None else lab
     z = np.asarray(latents(run_dir), dtype=np.float32)
     seen = looked_at(run_dir, lab)
     cells = min(len(z), len(seen) + n)

@@ -1,5 +1,7 @@
 """`dvclust serve RUN`: the review app, a local web page over one run folder, to name clusters
-(several may share a name), mark them mixed, move images to another name, exclude them, and undo.
+(several may share a name), mark them mixed, choose how a named cluster labels its images
+(names.json's labels_from), look at the images `dvclust next` suggests and confirm or move them,
+move images to another name, exclude them, and undo.
 
 Every action goes through the files the CLI reads and writes (names.json, corrections.csv, via
 labelling), so `dvclust labels` and the exports give what the app shows. The page is plain
@@ -9,6 +11,7 @@ served from the run's own data: nothing else on the disk can be read through the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import threading
@@ -86,7 +89,8 @@ class ReviewRun:
         self.order = order
         self.lock = threading.Lock()
         self.undo: list[tuple[str, dict[str, bytes | None]]] = []
-        self._review: tuple[tuple, list[dict]] | None = None
+        self._cache: dict[str, tuple[bytes, object]] = {}
+        self._z = None
 
     # ---- reading --------------------------------------------------------------------------------
     def cluster_id(self, text) -> int:
@@ -104,9 +108,31 @@ class ReviewRun:
             raise ApiError(404, f"no image {t!r} in this run (images are 0..{self.n - 1})")
         return int(t)
 
+    def state(self) -> bytes:
+        """A digest of names.json and corrections.csv: what every label depends on (their contents,
+        not their mtimes, which two writes within a clock tick share)."""
+        h = hashlib.sha1()
+        for f in ("names.json", "corrections.csv"):
+            h.update(_read(self.run_dir / f) or b"-")
+            h.update(b"\0")
+        return h.digest()
+
+    def cached(self, what: str, compute):
+        """compute(), kept until names.json or corrections.csv change."""
+        key = self.state()
+        if what not in self._cache or self._cache[what][0] != key:
+            self._cache[what] = key, compute()
+        return self._cache[what][1]
+
+    def direct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every image's label and how before propagation (labelling.direct_labels)."""
+        return self.cached("direct", lambda: labelling.direct_labels(
+            self.clusters, self.conf, load_names(self.run_dir), read_corrections(self.run_dir), self.k))
+
     def clusters_doc(self) -> dict:
         names = load_names(self.run_dir)
-        return {"n": self.n, "k": self.k, "names_in_use": self.names_in_use(names),
+        return {"n": self.n, "k": self.k, "labels_from": names.labels_from,
+                "names_in_use": self.names_in_use(names),
                 "clusters": [{"id": c, "name": names.names.get(c), "mixed": c in names.mixed,
                               "size": int(self.sizes[c]),
                               "confidence": round(float(self.mean_conf[c]), 4),
@@ -117,9 +143,18 @@ class ReviewRun:
         return sorted(set(names.names.values()) | set(read_corrections(self.run_dir).values()))
 
     def image_rows(self, idx) -> list[dict]:
+        """The rows `idx` with the labels `dvclust labels` would give them: the same propagation
+        (same neighbours, same seed), run for these rows only."""
         idx = np.asarray(idx, dtype=np.int64)
-        label, how = labelling.direct_labels(self.clusters, self.conf, load_names(self.run_dir),
-                                             read_corrections(self.run_dir), self.k, idx)
+        every_label, every_how = self.direct()
+        label, how = every_label[idx], every_how[idx].copy()
+        rest = np.flatnonzero(how == "none")
+        known = np.flatnonzero(every_how != "none")
+        if len(rest) and len(known):
+            if self._z is None:
+                self._z = labelling.latents(self.run_dir)
+            label[rest], _ = labelling.propagate(self._z, known, every_label[known], idx[rest])
+            how[rest] = "propagated"
         return [{"index": int(i), "source": str(self.lab["source"][i]),
                  "cluster": int(self.clusters[i]), "confidence": round(float(self.conf[i]), 4),
                  "outlier_score": round(float(self.outlier[i]), 4), "label": lbl, "how": h}
@@ -131,20 +166,24 @@ class ReviewRun:
                 "images": self.image_rows(part[offset:offset + limit])}
 
     def review(self, offset: int, limit: int) -> dict:
-        key = tuple(_mtime(self.run_dir / f) for f in ("names.json", "corrections.csv"))
-        if self._review is None or self._review[0] != key:
-            self._review = key, review_queue(self.run_dir, 200)
-        rows = self._review[1]
+        rows = self.cached("review", lambda: review_queue(self.run_dir, 200))
         out = self.image_rows([r["index"] for r in rows[offset:offset + limit]])
         for r, q in zip(out, rows[offset:offset + limit]):  # the confidence it was ranked by
             r["reason"], r["confidence"] = q["reason"], round(q["confidence"], 4)
         return {"total": len(rows), "offset": offset, "images": out}
 
+    def next_looks(self, n: int) -> dict:
+        """The n images to label next (`dvclust next`), recomputed once a label changes."""
+        rows = self.cached(f"next {n}", lambda: labelling.next_looks(self.run_dir, n, lab=self.lab))
+        out = self.image_rows([r["index"] for r in rows])
+        for r, q in zip(out, rows):
+            r["reason"] = f"typical of {q['cell_size']} unseen"
+        return {"total": len(out), "offset": 0, "images": out}
+
     def summary(self) -> dict:
         """How many images are labelled which way, as `dvclust labels` would count them,
         without running the propagation (every image left is propagated once one is labelled)."""
-        _, how = labelling.direct_labels(self.clusters, self.conf, load_names(self.run_dir),
-                                         read_corrections(self.run_dir), self.k)
+        how = self.direct()[1]
         counts = {h: int((how == h).sum()) for h in HOW}
         if counts["corrected"] + counts["cluster"]:
             counts["propagated"], counts["none"] = counts["none"], 0
@@ -185,10 +224,6 @@ class ReviewRun:
 
 def _read(path: Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime_ns if path.exists() else 0
 
 
 # ---- the HTTP side ------------------------------------------------------------------------------
@@ -241,6 +276,9 @@ class Handlers:
         return JSONResponse(self.run.review(_int_param(request, "offset", 0, self.run.n),
                                        _int_param(request, "limit", 100, PAGE_LIMIT)))
 
+    async def next_looks(self, request):
+        return JSONResponse(self.run.next_looks(max(1, _int_param(request, "limit", 50, PAGE_LIMIT))))
+
     async def summary(self, request):
         return JSONResponse(self.run.summary())
 
@@ -258,6 +296,12 @@ class Handlers:
 
     async def names(self, request):
         doc = await _body(request)
+        if "labels_from" in doc:
+            how = doc["labels_from"]
+            if how not in labelling.LABELS_FROM:
+                raise ApiError(400, f"'labels_from' must be one of {', '.join(labelling.LABELS_FROM)}")
+            return JSONResponse(self.run.act(f"labels from {how}",
+                                             lambda: set_names(self.run.run_dir, labels_from=how)))
         c = self.run.cluster_id(doc.get("cluster"))
         if "mixed" in doc:
             if not isinstance(doc["mixed"], bool):
@@ -283,6 +327,14 @@ class Handlers:
             raise ApiError(400, "'indices' must be a non-empty list of image numbers")
         for i in idx:
             self.run.image_id(i)
+        if doc.get("confirm") is True:  # a look that found the label right is a label too
+            rows = [{"index": r["index"], "label": r["label"]} for r in self.run.image_rows(idx)
+                    if r["label"] and r["how"] != "corrected"]
+            if not rows:
+                raise ApiError(409, "nothing to confirm: these images have no label yet, or "
+                                    "were corrected already")
+            return JSONResponse(self.run.act(f"{len(rows)} label(s) confirmed", lambda: add_corrections(
+                self.run.run_dir, rows, "request")))
         label = EXCLUDED if doc.get("exclude") is True else _string(doc, "label", True).strip()
         if label:
             labelling.check_name(label)
@@ -331,6 +383,7 @@ def make_app(run_dir: Path, token: str | None = None) -> Starlette:
         Route("/api/clusters", h.clusters),
         Route("/api/clusters/{cid}/images", h.cluster_images),
         Route("/api/review", h.review),
+        Route("/api/next", h.next_looks),
         Route("/api/summary", h.summary),
         Route("/api/images/{image}/thumb", h.thumb),
         Route("/api/images/{image}/full", h.full),

@@ -3,6 +3,7 @@
 "use strict";
 
 const PAGE = 100;
+const NEXT = 40;  // images per "Look next" batch: each confirmed batch moves the next one on
 const view = document.getElementById("view");
 let state = { clusters: null, sort: "size", selected: new Set() };
 
@@ -99,8 +100,14 @@ function renderGrid() {
                              on: { change: e => { state.sort = e.target.value; renderGrid(); } } },
     ...["size", "confidence", "name"].map(s => el("option", { value: s, text: "sort by " + s })));
   sel.value = state.sort;
+  // names.json's labels_from: the README's "Beyond naming" says when each pays
+  const from = el("select", { "aria-label": "a named cluster labels",
+                              on: { change: e => act("names", { labels_from: e.target.value }) } },
+    el("option", { value: "cluster", text: "a name labels its whole cluster" }),
+    el("option", { value: "neighbours", text: "images take the vote of their nearest looked-at images" }));
+  from.value = state.clusters.labels_from;
   view.replaceChildren(
-    el("div", { class: "toolbar" }, el("h2", { text: `${state.clusters.k} clusters` }), sel),
+    el("div", { class: "toolbar" }, el("h2", { text: `${state.clusters.k} clusters` }), sel, from),
     el("div", { class: "grid" }, ...sorted(state.clusters.clusters).map(card)));
 }
 
@@ -136,14 +143,19 @@ function selectionTools() {
     el("button", { text: "Clear correction", on: { click: () => run({ label: "" }) } }));
 }
 
-async function renderGallery(title, path, offset) {
-  const doc = await api(`${path}${path.includes("?") ? "&" : "?"}offset=${offset}&limit=${PAGE}`);
+// `confirm`: a button that keeps the labels of every image shown (a look that found them right)
+async function renderGallery(title, path, offset, { confirm = false, limit = PAGE } = {}) {
+  const doc = await api(`${path}?offset=${offset}&limit=${limit}`);
   const base = location.hash.split("?")[0];
   const pager = el("div", { class: "toolbar" },
     el("span", { text: `${doc.total ? offset + 1 : 0}-${offset + doc.images.length} of ${doc.total}` }),
-    ...(offset > 0 ? [el("a", { href: `${base}?offset=${Math.max(0, offset - PAGE)}`, text: "previous" })] : []),
-    ...(offset + PAGE < doc.total ? [el("a", { href: `${base}?offset=${offset + PAGE}`, text: "next" })] : []));
-  view.replaceChildren(el("h2", { text: title }), selectionTools(), pager,
+    ...(offset > 0 ? [el("a", { href: `${base}?offset=${Math.max(0, offset - limit)}`, text: "previous" })] : []),
+    ...(offset + limit < doc.total ? [el("a", { href: `${base}?offset=${offset + limit}`, text: "next" })] : []));
+  const tools = selectionTools();
+  if (confirm) tools.append(el("button", { text: "Confirm all shown", on: { click: () =>
+    act("corrections", { indices: doc.images.map(i => i.index), confirm: true },
+        () => state.selected.clear()) } }));
+  view.replaceChildren(el("h2", { text: title }), tools, pager,
                        el("div", { class: "gallery" }, ...doc.images.map(tile)));
 }
 
@@ -160,6 +172,10 @@ async function refresh() {
       await renderGallery(`${c.name ? `${c.name} (cluster ${c.id})` : clusterTitle(c)}: ` +
                           "most typical first, least certain last",
                           `clusters/${c.id}/images`, offset);
+    } else if (route === "/next") {
+      await renderGallery("Look next: the most typical image of each part of the data no one has " +
+                          "looked at yet. Move the wrong ones, then confirm the rest",
+                          "next", 0, { confirm: true, limit: NEXT });
     } else if (route === "/review") {
       await renderGallery("Worth a look: the least certain labels and the most outlying images",
                           "review", offset);
