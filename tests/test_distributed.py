@@ -136,7 +136,23 @@ def _two_nodes(data, out, port, *extra):
 
 
 def _finish(procs, timeout=300):
-    outs = [p.communicate(timeout=timeout) for p in procs]
+    """Wait for both nodes; on a timeout kill both process groups (they run in sessions of their
+    own and would go on loading the machine) and fail with what both printed."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        outs = [p.communicate(timeout=max(1.0, deadline - time.time())) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        errs = [_errors(p.communicate()[1])[-1500:] for p in procs]
+        raise AssertionError(f"the nodes did not finish within {timeout} s:\n" +
+                             "\n".join(f"node {i}: {e}" for i, e in enumerate(errs))) from None
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, _errors(err)
     return outs

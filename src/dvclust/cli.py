@@ -18,6 +18,7 @@ from . import curate
 from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
+from .training.distributed import torchrun_world_size
 from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, restarted_job, \
     resumed_source, run_source, write_labels, write_metrics
 
@@ -188,6 +189,21 @@ def fit(
                                 auto_k=tuple(k_range) if auto else None)
     if is_main:
         _fit_summary(model, m, dataset, out, time.time() - t0)
+    if torchrun_world_size() > 1:
+        _leave_worker()
+
+
+def _leave_worker() -> None:
+    """End a torchrun worker, its outputs written, without the interpreter's teardown: there
+    gloo's threads sometimes abort the process (SIGABRT, "terminate called without an active
+    exception", with no Python frame left; docs/DECISIONS.md, "Multi-node"), and torchrun's
+    other agents then wait out their exit barrier for it."""
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 def _fit_config(out: Path, config, clusters, k_range, seed, method, sets, resume) -> tuple[Config, bool]:
