@@ -153,7 +153,7 @@ def test_app_shows_the_labels_that_labels_writes_and_confirms_the_next_looks(run
 
     nxt = c.get("/api/next?limit=5").json()["images"]
     assert [r["index"] for r in nxt] == [int(r["index"]) for r in _rows(cli_next(run, 5))]
-    assert all(r["reason"].startswith("typical of") and r["how"] == "propagated" for r in nxt)
+    assert all(r["reason"].startswith("stands for ") and r["how"] == "propagated" for r in nxt)
     c.post("/api/corrections", json={"indices": [nxt[0]["index"]], "label": "odd"})
     now = _shown(c)  # the correction may have moved its neighbours' votes: confirmed as shown now
     r = c.post("/api/corrections", json={"indices": [r["index"] for r in nxt], "confirm": True})

@@ -177,7 +177,7 @@ class ReviewRun:
         rows = self.cached(f"next {n}", lambda: labelling.next_looks(self.run_dir, n, lab=self.lab))
         out = self.image_rows([r["index"] for r in rows])
         for r, q in zip(out, rows):
-            r["reason"] = f"typical of {q['cell_size']} unseen"
+            r["reason"] = f"stands for {q['cell_size']}"
         return {"total": len(out), "offset": 0, "images": out}
 
     def summary(self) -> dict:
