@@ -152,7 +152,7 @@ def test_app_shows_the_labels_that_labels_writes_and_confirms_the_next_looks(run
     assert sum(h == "propagated" for _, h in shown.values()) == 58  # two named images speak
 
     nxt = c.get("/api/next?limit=5").json()["images"]
-    assert [r["index"] for r in nxt] == [int(r["index"]) for r in _rows(cli_next(run, 5))]
+    assert [r["index"] for r in nxt] == [int(r["index"]) for r in _rows(_next_csv(run, 5))]
     assert all(r["reason"].startswith("stands for ") and r["how"] == "propagated" for r in nxt)
     c.post("/api/corrections", json={"indices": [nxt[0]["index"]], "label": "odd"})
     now = _shown(c)  # the correction may have moved its neighbours' votes: confirmed as shown now
@@ -174,7 +174,7 @@ def _shown(c):
             for r in c.get(f"/api/clusters/{cid}/images?limit=500").json()["images"]}
 
 
-def cli_next(run, n):
+def _next_csv(run, n):
     cli("next", run, "--n", n)
     return run / "next.csv"
 
@@ -272,8 +272,9 @@ def server(run):
 
 
 def test_review_session_in_a_real_browser(server, tmp_path):
-    """Open the grid, name two clusters the same, move three images to another name, reload, and
-    check the files the CLI reads and `dvclust labels`."""
+    """Open the grid, name two clusters the same, move three images to another name, reload,
+    confirm the Look next batch, switch labels_from, and check the files the CLI reads and
+    `dvclust labels`."""
     sync_api = pytest.importorskip("playwright.sync_api")
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:

@@ -18,9 +18,9 @@ from . import curate
 from .config import Config
 from .data import ReadOptions
 from .errors import DVClustError
-from .training.distributed import torchrun_world_size
 from .rundir import DataSource, fit_run, load_run, read_labels, read_run_config, restarted_job, \
     resumed_source, run_source, write_labels, write_metrics
+from .training.distributed import torchrun_world_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Variational Clustering: label large image collections by clusters.")
