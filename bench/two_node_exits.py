@@ -10,8 +10,6 @@ Run it with the machine loaded (the hang was seen on a busy 2-core machine): doc
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import harness  # noqa: E402
 from results_md import write_block  # noqa: E402
-from test_distributed import _blobs_npz, _free_port, _two_nodes  # noqa: E402
+from test_distributed import _blobs_npz, _free_port, _kill_nodes, _two_nodes  # noqa: E402
 
 
 def main() -> None:
@@ -45,11 +43,8 @@ def main() -> None:
                 what = "ended" if all(p.returncode == 0 for p in procs) else "failed"
             except subprocess.TimeoutExpired:
                 what = "hung"
+                _kill_nodes(procs)
                 for p in procs:
-                    try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     p.communicate()
             counts[what] += 1
             seconds.append(time.time() - t0)

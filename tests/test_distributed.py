@@ -135,21 +135,27 @@ def _two_nodes(data, out, port, *extra):
     return procs
 
 
+def _kill_nodes(procs):
+    """SIGKILL each node's whole process group (agent and workers)."""
+    import signal
+
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _finish(procs, timeout=300):
     """Wait for both nodes; on a timeout kill both process groups (they run in sessions of their
     own and would go on loading the machine) and fail with what both printed."""
-    import signal
     import time
 
     deadline = time.time() + timeout
     try:
         outs = [p.communicate(timeout=max(1.0, deadline - time.time())) for p in procs]
     except subprocess.TimeoutExpired:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_nodes(procs)
         errs = [_errors(p.communicate()[1])[-1500:] for p in procs]
         raise AssertionError(f"the nodes did not finish within {timeout} s:\n" +
                              "\n".join(f"node {i}: {e}" for i, e in enumerate(errs))) from None

@@ -124,10 +124,14 @@ class ReviewRun:
             self._cache[what] = key, compute()
         return self._cache[what][1]
 
-    def direct(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every image's label and how before propagation (labelling.direct_labels)."""
-        return self.cached("direct", lambda: labelling.direct_labels(
-            self.clusters, self.conf, load_names(self.run_dir), read_corrections(self.run_dir), self.k))
+    def direct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every image's label and how before propagation (labelling.direct_labels), and the rows
+        labelled so (the ones propagation votes from)."""
+        def compute():
+            label, how = labelling.direct_labels(self.clusters, self.conf, load_names(self.run_dir),
+                                                 read_corrections(self.run_dir), self.k)
+            return label, how, np.flatnonzero(how != "none")
+        return self.cached("direct", compute)
 
     def clusters_doc(self) -> dict:
         names = load_names(self.run_dir)
@@ -146,10 +150,9 @@ class ReviewRun:
         """The rows `idx` with the labels `dvclust labels` would give them: the same propagation
         (same neighbours, same seed), run for these rows only."""
         idx = np.asarray(idx, dtype=np.int64)
-        every_label, every_how = self.direct()
+        every_label, every_how, known = self.direct()
         label, how = every_label[idx], every_how[idx].copy()
         rest = np.flatnonzero(how == "none")
-        known = np.flatnonzero(every_how != "none")
         if len(rest) and len(known):
             if self._z is None:
                 self._z = labelling.latents(self.run_dir)
