@@ -1,8 +1,9 @@
 """The review app (`dvclust serve`) on a run over many images: its start-up time, and the wall
 time of the cluster grid, of one gallery page (its JSON and 100 thumbnails) and of the "Look
 next" page as a browser would fetch them, over HTTP from a real uvicorn server on 127.0.0.1.
-The run is a store of N synthetic 28x28 images (bench_scale's blobs) clustered by pca-kmeans into K clusters (the app's
-cost does not depend on how the clusters were found), half of them named.
+The run is a store of N synthetic 28x28 images (bench_scale's blobs) clustered by pca-kmeans
+into K clusters (the app's cost does not depend on how the clusters were found), half of them
+named.
 
     python bench/bench_serve.py --n 1000000 --clusters 50
 """
