@@ -56,7 +56,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
+def bare_step(model, images: np.ndarray, cfg, steps: int,
               compiled: bool = False) -> tuple[float, float, dict | None]:
     """img/s of forward + loss + backward + Adam on the fitted network, batches already on the
     device, with the loop's augmentation and views (two views: both augmented, concatenated);
@@ -69,9 +69,11 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
     from dvclust.data.dataset import to_float
     from dvclust.runtime import autocast
     from dvclust.training.objectives import batch_loss, elbo_scale
-    from dvclust.training.phases import augmentation_for
+    from dvclust.training.phases import loop_config
 
     device = next(model.parameters()).device
+    cfg, policy, _ = loop_config(cfg, images, device)  # batch, lr and views as the loop has them
+    batch_size = cfg.batch_size
     net = model.vae
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -83,7 +85,6 @@ def bare_step(model, images: np.ndarray, cfg, batch_size: int, steps: int,
         x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
         batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     scale = elbo_scale(cfg, images.shape[1:])
-    cfg, policy, _ = augmentation_for(cfg, images)  # as the loop resolves them
     aug = make_policy(policy, images.shape[2:]) if policy else None
 
     def forward_loss(x):
@@ -136,10 +137,10 @@ def one_size(images: np.ndarray, a, peak: float) -> dict:
     pre = [r["images_per_s"] for r in h if r["phase"] == "pretrain"][1:]
     clu = [r["images_per_s"] for r in h if r["phase"] == "cluster"][1:]
     tgt = [r["seconds"] for r in h if r["phase"] == "target"]
-    bare, flops, compiled = bare_step(model.model_, images, model.config_, a.batch_size,
-                                      a.bare_steps, a.compile)
+    bare, flops, compiled = bare_step(model.model_, images, model.config_, a.bare_steps, a.compile)
     loop = statistics.median(pre)
-    return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": a.batch_size,
+    batch = model.config_.with_batch_for(model.device_.type, len(images)).batch_size
+    return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": batch,
             "pretrain_img_s": loop, "cluster_img_s": statistics.median(clu) if clu else None,
             "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
             "bare_step_img_s": bare, "loop_over_bare": loop / bare,
@@ -157,7 +158,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--bare-steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=harness.parse_value, default="auto",
+                    help="the global batch, or auto (the config's rule for this device and n)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None)

@@ -26,8 +26,16 @@ DEEP_METHODS = {
     "vae-kmeans": (True, False, False),
     "ae-kmeans": (False, False, False),
 }
-# Phase 3's minimum length under cluster_epochs="auto" (docs/DECISIONS.md, "cluster_epochs").
+# Phase 3's minimum length under cluster_epochs="auto" (docs/DECISIONS.md, "cluster_epochs"), in
+# steps of REFERENCE_BATCH images: a larger batch keeps the images seen, not the step count.
 CLUSTER_MIN_STEPS = 4000
+# batch_size / lr: auto (docs/DECISIONS.md, "batch_size and lr"): the method's batch and learning
+# rate, and on CUDA a larger batch for sets of GPU_BATCH_FROM images on, its lr scaled by the
+# square root of the batch ratio (Adam's rule).
+REFERENCE_BATCH = 256
+REFERENCE_LR = 1e-3
+GPU_BATCH = 1024
+GPU_BATCH_FROM = 10_000
 # base_channels: auto: the first block's width, narrower from NARROW_FROM_SIDE px a side on
 # (docs/DECISIONS.md, "base_channels").
 NARROW_FROM_SIDE = 48
@@ -64,8 +72,11 @@ class Config:
     base_channels: int | str = "auto"
     likelihood: str = "bernoulli"    # "bernoulli" (BCE with logits) or "gaussian" (MSE, unit variance)
     # --- optimisation --------------------------------------------------------------------------
-    batch_size: int = 256
-    lr: float = 1e-3
+    # Global batch (split over processes) and Adam's learning rate. "auto": REFERENCE_BATCH, or
+    # GPU_BATCH on CUDA for a set of at least GPU_BATCH_FROM images; lr REFERENCE_LR, times
+    # sqrt(batch / REFERENCE_BATCH) for a batch above REFERENCE_BATCH.
+    batch_size: int | str = "auto"
+    lr: float | str = "auto"
     # Weight of KL(q(z|x) || N(0, I)): below the ELBO's 1, since a weaker pull to the prior leaves a
     # more clusterable latent space (docs/DECISIONS.md, "beta").
     beta: float = 0.1
@@ -130,21 +141,25 @@ class Config:
             if not cond:
                 raise DVClustError(f"config: {key}={getattr(self, key)!r} is invalid: {what}")
 
-        for key in ("n_clusters", "latent_dim", "batch_size", "kmeans_n_init",
-                    "update_interval", "kmeans_max_samples"):
+        for key in ("n_clusters", "latent_dim", "kmeans_n_init", "update_interval",
+                    "kmeans_max_samples"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  "expected an integer >= 1")
         need(self.base_channels == "auto" or (isinstance(self.base_channels, int) and not
              isinstance(self.base_channels, bool) and self.base_channels >= 1),
              "base_channels", "expected an integer >= 1 or 'auto'")
+        need(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not
+             isinstance(self.batch_size, bool) and self.batch_size >= 1),
+             "batch_size", "expected an integer >= 1 or 'auto'")
+        need(self.lr == "auto" or (_num(self.lr) and self.lr > 0), "lr",
+             "expected a number > 0 or 'auto'")
         need(self.cluster_epochs == "auto" or (isinstance(self.cluster_epochs, int) and not
              isinstance(self.cluster_epochs, bool) and self.cluster_epochs >= 0),
              "cluster_epochs", "expected an integer >= 0 or 'auto'")
         for key in ("pretrain_epochs", "patience", "num_threads", "seed"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key,
                  "expected an integer >= 0")
-        for key in ("lr", "alpha"):
-            need(_num(getattr(self, key)) and getattr(self, key) > 0, key, "expected a number > 0")
+        need(_num(self.alpha) and self.alpha > 0, "alpha", "expected a number > 0")
         for key in ("beta", "gamma", "tol", "min_delta", "balance"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
         need(self.contrastive == "auto" or (_num(self.contrastive) and self.contrastive >= 0),
@@ -185,10 +200,21 @@ class Config:
         return 16 if min(shape[1:]) >= NARROW_FROM_SIDE else 32
 
     def cluster_epochs_for(self, steps_per_epoch: int) -> int:
-        """The phase-3 epoch limit for a data set of `steps_per_epoch` optimiser steps."""
+        """The phase-3 epoch limit for a data set of `steps_per_epoch` optimiser steps (of this
+        config's resolved batch: with_batch_for)."""
         if self.cluster_epochs != "auto":
             return self.cluster_epochs
-        return max(50, math.ceil(CLUSTER_MIN_STEPS / max(1, steps_per_epoch)))
+        min_steps = CLUSTER_MIN_STEPS / _batch_ratio(self.batch_size)
+        return max(50, math.ceil(min_steps / max(1, steps_per_epoch)))
+
+    def with_batch_for(self, device_type: str, n_images: int) -> "Config":
+        """This config with `batch_size` and `lr` resolved for training `n_images` images on a
+        device of `device_type` ("cpu", "cuda")."""
+        batch = self.batch_size
+        if batch == "auto":
+            batch = GPU_BATCH if device_type == "cuda" and n_images >= GPU_BATCH_FROM else REFERENCE_BATCH
+        lr = self.lr if self.lr != "auto" else REFERENCE_LR * math.sqrt(_batch_ratio(batch))
+        return self.replace(batch_size=batch, lr=lr)
 
     def augment_for(self, shape: tuple[int, int, int], background: float) -> str | None:
         """The augmentation policy for images of `shape` (C, H, W) of which a fraction
@@ -260,6 +286,12 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def _batch_ratio(batch: int | str) -> float:
+    """How many reference batches a batch holds, 1 at or below REFERENCE_BATCH (and for "auto"):
+    a smaller batch keeps the method's lr and step floor as they were measured."""
+    return max(1.0, batch / REFERENCE_BATCH) if isinstance(batch, int) else 1.0
 
 
 def _num(v: Any) -> bool:

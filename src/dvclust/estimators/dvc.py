@@ -53,8 +53,8 @@ class DVC(BaseClusterer):
 
     def __init__(self, n_clusters: int = _D.n_clusters, *, method: str = _D.method,
                  latent_dim: int = _D.latent_dim, base_channels: int | str = _D.base_channels,
-                 likelihood: str = _D.likelihood, batch_size: int = _D.batch_size,
-                 lr: float = _D.lr, beta: float = _D.beta, recon_reduction: str = _D.recon_reduction,
+                 likelihood: str = _D.likelihood, batch_size: int | str = _D.batch_size,
+                 lr: float | str = _D.lr, beta: float = _D.beta, recon_reduction: str = _D.recon_reduction,
                  augment: bool | str = _D.augment, views: int | str = _D.views,
                  contrastive: float | str = _D.contrastive, balance: float = _D.balance,
                  pretrain_epochs: int = _D.pretrain_epochs,
@@ -99,15 +99,19 @@ class DVC(BaseClusterer):
         fingerprint = checkpoint.data_fingerprint(data.images)
         torch.manual_seed(cfg.seed)
         model = DVCModel(data.shape, cfg)
-        ctx = Context(model, data.images, cfg, dist, y=data.labels, run_dir=run_dir,
+        # batch_size and lr: auto depend on the device, which a resume may change: the checkpoint
+        # records what they resolved to, so that a resume continues with the same batch or says
+        # why it cannot
+        run_cfg = cfg.with_batch_for(dist.device.type, len(data))
+        ctx = Context(model, data.images, run_cfg, dist, y=data.labels, run_dir=run_dir,
                       verbose=self.verbose, stop_after=_stop_after,
-                      header=checkpoint.header(cfg, data.shape, len(data), fingerprint))
+                      header=checkpoint.header(run_cfg, data.shape, len(data), fingerprint))
         if resume:
             ckpt = run_dir / "checkpoint.pt" if run_dir is not None else None
             if ckpt is None or not ckpt.exists():
                 raise DVClustError(f"{run_dir}: nothing to resume (no checkpoint.pt)")
             saved = checkpoint.load(ckpt)
-            checkpoint.check_resumable(saved, cfg, data.shape, fingerprint, ckpt)
+            checkpoint.check_resumable(saved, run_cfg, data.shape, fingerprint, ckpt)
             checkpoint.load_weights(model, saved, ckpt)
             ctx.state = checkpoint.TrainState.from_dict(saved["state"])
             ctx.optimizer_state = saved["optimizer"]

@@ -53,13 +53,14 @@ def epoch_generator(seed: int, phase: str, epoch: int) -> int:
     return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**63)
 
 
-def augmentation_for(cfg: Config, images: np.ndarray) -> tuple[Config, str | None, float | None]:
-    """What the loop trains these images with: the config with views and contrastive resolved,
-    the augmentation policy (None = off), and the background fraction that `augment: auto`
-    looked at (None when augment is not auto)."""
+def loop_config(cfg: Config, images: np.ndarray,
+                device: torch.device) -> tuple[Config, str | None, float | None]:
+    """What the loop trains these images with on `device`: the config with batch_size, lr, views
+    and contrastive resolved, the augmentation policy (None = off), and the background fraction
+    that `augment: auto` looked at (None when augment is not auto)."""
     background = background_fraction(images) if cfg.augment == "auto" else None
     policy = cfg.augment_for(images.shape[1:], background)
-    return cfg.with_views_for(policy), policy, background
+    return cfg.with_batch_for(device.type, len(images)).with_views_for(policy), policy, background
 
 
 class StopRequested(Exception):
@@ -87,7 +88,12 @@ class Context:
     stop_after: Callable[[TrainState], bool] | None = None
 
     def __post_init__(self) -> None:
-        dist, cfg, images = self.dist, self.cfg, self.images
+        dist, images = self.dist, self.images
+        # the steps read the resolved batch, lr, views and contrastive; the checkpoint keeps what
+        # was asked
+        asked = self.cfg
+        self.cfg, policy, background = loop_config(asked, images, dist.device)
+        cfg = self.cfg
         self.model.to(dist.device)
         # NHWC convolutions: faster on CUDA, and on CPU from NARROW_FROM_SIDE px (not at 28 px;
         # docs/DECISIONS.md, "base_channels")
@@ -106,9 +112,8 @@ class Context:
         if self.resident is not None:
             self.log(f"data on the device: {self.resident.numel() * self.resident.element_size() / 2**20:.0f} MB")
         self.scale = elbo_scale(cfg, images.shape[1:])
-        # the steps read the resolved views and contrastive; the checkpoint keeps what was asked
-        self.cfg, policy, background = augmentation_for(cfg, images)
-        if cfg.augment == "auto":
+        self.log(f"batch_size: {cfg.batch_size}, lr: {cfg.lr:g}")
+        if asked.augment == "auto":
             self.log(f"augment: auto -> {policy or 'off'} ({background:.0%} of the pixels are "
                      f"background, {images.shape[2]}x{images.shape[3]} px)")
         if self.cfg.views == 2:
