@@ -96,7 +96,11 @@ def run_case(script: str | Path, args: list[str], env: dict | None = None,
 
 # ---- the stamp ---------------------------------------------------------------------------------
 def commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked source files differ from it."""
+    """HEAD's short hash, with '+dirty' when tracked source files differ from it; BENCH_COMMIT
+    where there is no git (a device machine gets the working tree only: gpu_session.sh)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+
     def git(*a):
         return subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()
 
