@@ -89,8 +89,8 @@ class Context:
 
     def __post_init__(self) -> None:
         dist, images = self.dist, self.images
-        # the steps read the resolved batch, lr, views and contrastive; the checkpoint keeps what
-        # was asked
+        # the steps read the resolved batch, lr, views and contrastive; the checkpoint keeps the
+        # config as given (views and contrastive as asked: they follow from the data alone)
         asked = self.cfg
         self.cfg, policy, background = loop_config(asked, images, dist.device)
         cfg = self.cfg
