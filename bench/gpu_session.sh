@@ -8,11 +8,11 @@
 #   bash bench/gpu_session.sh file DIR    # here: DIR = the call's files_at; rows into bench/results
 #
 # Commit first, then prepare: the rows are stamped with the commit prepare saw.
-# `run` takes about 8 minutes on an H200 (estimated from the 2026-11-27 session: 11 MNIST-70k fits
-# shared that GPU at about 365 s each): throughput at 28 px (MNIST-70k) and 128 px at the batch
-# `batch_size: auto` picks there and at 256 (the before), the bare step compiled; then the default
-# fit of MNIST-70k, seeds 0-2 side by side on the one card. Everything lands in $OUT: the
-# throughput and bench_methods rows, and the log.
+# `run` should take under 10 minutes on an H200 (an estimate from the 2026-11-27 session, where 11
+# one-view MNIST-70k fits shared that GPU at about 365 s each; never run yet): throughput at 28 px
+# (MNIST-70k) at batch 256 (the default; its bare step also compiled) and 1024, and at 128 px;
+# then the default fit of MNIST-70k, seeds 0-2, and seed 0 at batch 1024, side by side on the one
+# card. Everything lands in $OUT: the throughput and bench_methods rows, and the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -40,10 +40,10 @@ run)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
     {
         python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --compile --tag gpu
-        python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --batch-size 256 --tag gpu256
-        python3 bench/throughput.py --sizes 128 --n 20000 --epochs 2 --tag gpu128
-        python3 bench/bench_methods.py --runs mnist:dvc:0 mnist:dvc:1 mnist:dvc:2 --jobs 3 \
-            --threads 4 --tag gpu
+        python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --batch-size 1024 --tag gpu1024
+        python3 bench/throughput.py --sizes 128 --n 20000 --epochs 2 --batch-size 1024 --tag gpu128
+        python3 bench/bench_methods.py --runs mnist:dvc:0 mnist:dvc:1 mnist:dvc:2 \
+            'mnist:dvc[batch_size=1024]:0' --jobs 4 --threads 4 --tag gpu
     } 2>&1 | tee "$out/gpu_session.log"
     tail -n +"$(( $(cat "$out/rows_before.txt") + 1 ))" bench/results/throughput.jsonl > "$out/throughput.jsonl"
     cp bench/results/gpu.jsonl bench/RESULTS.md "$out/"

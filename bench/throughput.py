@@ -72,7 +72,7 @@ def bare_step(model, images: np.ndarray, cfg, steps: int,
     from dvclust.training.phases import loop_config
 
     device = next(model.parameters()).device
-    cfg, policy, _ = loop_config(cfg, images, device)  # batch, lr and views as the loop has them
+    cfg, policy, _ = loop_config(cfg, images)  # lr and views as the loop has them
     batch_size = cfg.batch_size
     net = model.vae
     net.train()
@@ -139,8 +139,7 @@ def one_size(images: np.ndarray, a, peak: float) -> dict:
     tgt = [r["seconds"] for r in h if r["phase"] == "target"]
     bare, flops, compiled = bare_step(model.model_, images, model.config_, a.bare_steps, a.compile)
     loop = statistics.median(pre)
-    batch = model.config_.with_batch_for(model.device_.type, len(images)).batch_size
-    return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": batch,
+    return {"shape": list(images.shape[1:]), "n": len(images), "batch_size": a.batch_size,
             "pretrain_img_s": loop, "cluster_img_s": statistics.median(clu) if clu else None,
             "target_update_img_s": len(images) / statistics.median(tgt) if tgt else None,
             "bare_step_img_s": bare, "loop_over_bare": loop / bare,
@@ -158,8 +157,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--bare-steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=harness.parse_value, default="auto",
-                    help="the global batch, or auto (the config's rule for this device and n)")
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--peak-tflops", type=float, default=None)

@@ -44,42 +44,34 @@ def test_cluster_epochs_auto_reaches_the_minimum_steps():
     assert Config(cluster_epochs=3).cluster_epochs_for(8) == 3        # an explicit limit is kept
 
 
-def test_batch_and_lr_auto():
-    """auto: the method's 256 and 1e-3, except on CUDA from GPU_BATCH_FROM images, where the batch
-    is GPU_BATCH and lr grows with the square root of the batch; smaller batches keep lr and the
-    phase-3 floor in steps, larger ones keep the floor's images seen; explicit values stand."""
-    from dvclust.config import CLUSTER_MIN_STEPS, GPU_BATCH, GPU_BATCH_FROM, REFERENCE_LR
+def test_lr_auto_follows_the_batch():
+    """lr auto: the method's 1e-3 at a batch of 256 or less, times the square root of the batch
+    ratio above; larger batches keep the phase-3 floor's images seen, smaller ones its steps;
+    an explicit lr stands."""
+    from dvclust.config import CLUSTER_MIN_STEPS, REFERENCE_LR
 
-    def resolved(device, n, **kw):
-        cfg = Config(**kw).with_batch_for(device, n)
-        return cfg.batch_size, cfg.lr
-
-    assert resolved("cpu", 10**6) == resolved("cuda", GPU_BATCH_FROM - 1) == (256, REFERENCE_LR)
-    assert resolved("cuda", GPU_BATCH_FROM) == (GPU_BATCH, pytest.approx(REFERENCE_LR * 2))
-    assert resolved("cpu", 100, batch_size=1024) == (1024, pytest.approx(2e-3))
-    assert resolved("cpu", 100, batch_size=32) == (32, REFERENCE_LR)
-    assert resolved("cuda", 10**6, lr=5e-4) == (GPU_BATCH, 5e-4)
+    assert Config().with_lr_resolved().lr == REFERENCE_LR
+    assert Config(batch_size=32).with_lr_resolved().lr == REFERENCE_LR
+    assert Config(batch_size=1024).with_lr_resolved().lr == pytest.approx(2 * REFERENCE_LR)
+    assert Config(batch_size=1024, lr=5e-4).with_lr_resolved().lr == 5e-4
     assert Config(batch_size=1024).cluster_epochs_for(10) == CLUSTER_MIN_STEPS // 4 // 10
     assert Config(batch_size=32).cluster_epochs_for(10) == CLUSTER_MIN_STEPS // 10
-    for bad in ("big", 0, True):
+    for bad in ("auto", 0, True):
         with pytest.raises(DVClustError, match="batch_size"):
             Config(batch_size=bad)
     with pytest.raises(DVClustError, match="lr"):
         Config(lr="fast")
 
 
-def test_a_resume_keeps_the_batch_auto_chose(tmp_path):
-    """The checkpoint holds the batch and lr that auto resolved to: a run begun on a GPU with the
-    large batch is not silently continued with another one on a CPU."""
-    from dvclust.training.checkpoint import check_resumable, header
+def test_a_run_written_with_a_plain_lr_resumes_under_auto():
+    """The checkpoint records the lr auto resolved to: a run written when lr was a plain 1e-3
+    resumes under `lr: auto` at its batch, and one at another lr is refused with both named."""
+    from dvclust.training.checkpoint import check_resumable
 
-    gpu = Config().with_batch_for("cuda", 20_000)
-    saved = header(gpu, (1, 28, 28), 20_000, "f")
-    check_resumable(saved, Config().with_batch_for("cuda", 20_000), (1, 28, 28), "f", "ckpt")
-    with pytest.raises(DVClustError, match=r"batch_size: 1024 -> 256.*lr: 0.002 -> 0.001"):
-        check_resumable(saved, Config().with_batch_for("cpu", 20_000), (1, 28, 28), "f", "ckpt")
-    check_resumable(saved, Config(batch_size=1024).with_batch_for("cpu", 20_000), (1, 28, 28),
-                    "f", "ckpt")
+    old = {"config": Config(lr=1e-3).to_dict(), "fingerprint": "f", "shape": [1, 8, 8]}
+    check_resumable(old, Config().with_lr_resolved(), (1, 8, 8), "f", "ckpt")
+    with pytest.raises(DVClustError, match=r"lr: 0.001 -> 0.002"):
+        check_resumable(old, Config(batch_size=256, lr=2e-3).with_lr_resolved(), (1, 8, 8), "f", "ckpt")
 
 
 def test_augment_auto_only_for_objects_on_an_empty_field():

@@ -29,13 +29,10 @@ DEEP_METHODS = {
 # Phase 3's minimum length under cluster_epochs="auto" (docs/DECISIONS.md, "cluster_epochs"), in
 # steps of REFERENCE_BATCH images: a larger batch keeps the images seen, not the step count.
 CLUSTER_MIN_STEPS = 4000
-# batch_size / lr: auto (docs/DECISIONS.md, "batch_size and lr"): the method's batch and learning
-# rate, and on CUDA a larger batch for sets of GPU_BATCH_FROM images on, its lr scaled by the
-# square root of the batch ratio (Adam's rule).
+# lr: auto (docs/DECISIONS.md, "batch_size and lr"): the method's learning rate at its batch,
+# scaled by the square root of the batch ratio above it (Adam's rule).
 REFERENCE_BATCH = 256
 REFERENCE_LR = 1e-3
-GPU_BATCH = 1024
-GPU_BATCH_FROM = 10_000
 # base_channels: auto: the first block's width, narrower from NARROW_FROM_SIDE px a side on
 # (docs/DECISIONS.md, "base_channels").
 NARROW_FROM_SIDE = 48
@@ -72,10 +69,9 @@ class Config:
     base_channels: int | str = "auto"
     likelihood: str = "bernoulli"    # "bernoulli" (BCE with logits) or "gaussian" (MSE, unit variance)
     # --- optimisation --------------------------------------------------------------------------
-    # Global batch (split over processes) and Adam's learning rate. "auto": REFERENCE_BATCH, or
-    # GPU_BATCH on CUDA for a set of at least GPU_BATCH_FROM images; lr REFERENCE_LR, times
-    # sqrt(batch / REFERENCE_BATCH) for a batch above REFERENCE_BATCH.
-    batch_size: int | str = "auto"
+    # Global batch (split over processes) and Adam's learning rate. lr "auto": REFERENCE_LR, times
+    # sqrt(batch_size / REFERENCE_BATCH) for a batch above REFERENCE_BATCH.
+    batch_size: int = REFERENCE_BATCH
     lr: float | str = "auto"
     # Weight of KL(q(z|x) || N(0, I)): below the ELBO's 1, since a weaker pull to the prior leaves a
     # more clusterable latent space (docs/DECISIONS.md, "beta").
@@ -141,16 +137,12 @@ class Config:
             if not cond:
                 raise DVClustError(f"config: {key}={getattr(self, key)!r} is invalid: {what}")
 
-        for key in ("n_clusters", "latent_dim", "kmeans_n_init", "update_interval",
+        for key in ("n_clusters", "latent_dim", "batch_size", "kmeans_n_init", "update_interval",
                     "kmeans_max_samples"):
-            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
-                 "expected an integer >= 1")
+            need(_int(getattr(self, key)) and getattr(self, key) >= 1, key, "expected an integer >= 1")
         need(self.base_channels == "auto" or (isinstance(self.base_channels, int) and not
              isinstance(self.base_channels, bool) and self.base_channels >= 1),
              "base_channels", "expected an integer >= 1 or 'auto'")
-        need(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not
-             isinstance(self.batch_size, bool) and self.batch_size >= 1),
-             "batch_size", "expected an integer >= 1 or 'auto'")
         need(self.lr == "auto" or (_num(self.lr) and self.lr > 0), "lr",
              "expected a number > 0 or 'auto'")
         need(self.cluster_epochs == "auto" or (isinstance(self.cluster_epochs, int) and not
@@ -200,21 +192,17 @@ class Config:
         return 16 if min(shape[1:]) >= NARROW_FROM_SIDE else 32
 
     def cluster_epochs_for(self, steps_per_epoch: int) -> int:
-        """The phase-3 epoch limit for a data set of `steps_per_epoch` optimiser steps (of this
-        config's resolved batch: with_batch_for)."""
+        """The phase-3 epoch limit for a data set of `steps_per_epoch` optimiser steps."""
         if self.cluster_epochs != "auto":
             return self.cluster_epochs
         min_steps = CLUSTER_MIN_STEPS / _batch_ratio(self.batch_size)
         return max(50, math.ceil(min_steps / max(1, steps_per_epoch)))
 
-    def with_batch_for(self, device_type: str, n_images: int) -> "Config":
-        """This config with `batch_size` and `lr` resolved for training `n_images` images on a
-        device of `device_type` ("cpu", "cuda")."""
-        batch = self.batch_size
-        if batch == "auto":
-            batch = GPU_BATCH if device_type == "cuda" and n_images >= GPU_BATCH_FROM else REFERENCE_BATCH
-        lr = self.lr if self.lr != "auto" else REFERENCE_LR * math.sqrt(_batch_ratio(batch))
-        return self.replace(batch_size=batch, lr=lr)
+    def with_lr_resolved(self) -> "Config":
+        """This config with `lr: auto` resolved for its batch size."""
+        if self.lr != "auto":
+            return self
+        return self.replace(lr=REFERENCE_LR * math.sqrt(_batch_ratio(self.batch_size)))
 
     def augment_for(self, shape: tuple[int, int, int], background: float) -> str | None:
         """The augmentation policy for images of `shape` (C, H, W) of which a fraction
@@ -288,10 +276,14 @@ def read_yaml_mapping(path: str | Path) -> dict:
     return data
 
 
-def _batch_ratio(batch: int | str) -> float:
-    """How many reference batches a batch holds, 1 at or below REFERENCE_BATCH (and for "auto"):
-    a smaller batch keeps the method's lr and step floor as they were measured."""
-    return max(1.0, batch / REFERENCE_BATCH) if isinstance(batch, int) else 1.0
+def _batch_ratio(batch: int) -> float:
+    """How many reference batches a batch holds, 1 at or below REFERENCE_BATCH: a smaller batch
+    keeps the method's lr and step floor as they were measured."""
+    return max(1.0, batch / REFERENCE_BATCH)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _num(v: Any) -> bool:

@@ -53,7 +53,7 @@ class DVC(BaseClusterer):
 
     def __init__(self, n_clusters: int = _D.n_clusters, *, method: str = _D.method,
                  latent_dim: int = _D.latent_dim, base_channels: int | str = _D.base_channels,
-                 likelihood: str = _D.likelihood, batch_size: int | str = _D.batch_size,
+                 likelihood: str = _D.likelihood, batch_size: int = _D.batch_size,
                  lr: float | str = _D.lr, beta: float = _D.beta, recon_reduction: str = _D.recon_reduction,
                  augment: bool | str = _D.augment, views: int | str = _D.views,
                  contrastive: float | str = _D.contrastive, balance: float = _D.balance,
@@ -99,10 +99,9 @@ class DVC(BaseClusterer):
         fingerprint = checkpoint.data_fingerprint(data.images)
         torch.manual_seed(cfg.seed)
         model = DVCModel(data.shape, cfg)
-        # batch_size and lr: auto depend on the device, which a resume may change: the checkpoint
-        # records what they resolved to, so that a resume continues with the same batch or says
-        # why it cannot
-        run_cfg = cfg.with_batch_for(dist.device.type, len(data))
+        # the checkpoint records the lr that `auto` resolved to, so that a run written when lr
+        # was a plain number resumes under `auto` where the two agree
+        run_cfg = cfg.with_lr_resolved()
         ctx = Context(model, data.images, run_cfg, dist, y=data.labels, run_dir=run_dir,
                       verbose=self.verbose, stop_after=_stop_after,
                       header=checkpoint.header(run_cfg, data.shape, len(data), fingerprint))

@@ -53,14 +53,13 @@ def epoch_generator(seed: int, phase: str, epoch: int) -> int:
     return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**63)
 
 
-def loop_config(cfg: Config, images: np.ndarray,
-                device: torch.device) -> tuple[Config, str | None, float | None]:
-    """What the loop trains these images with on `device`: the config with batch_size, lr, views
-    and contrastive resolved, the augmentation policy (None = off), and the background fraction
-    that `augment: auto` looked at (None when augment is not auto)."""
+def loop_config(cfg: Config, images: np.ndarray) -> tuple[Config, str | None, float | None]:
+    """What the loop trains these images with: the config with lr, views and contrastive
+    resolved, the augmentation policy (None = off), and the background fraction that
+    `augment: auto` looked at (None when augment is not auto)."""
     background = background_fraction(images) if cfg.augment == "auto" else None
     policy = cfg.augment_for(images.shape[1:], background)
-    return cfg.with_batch_for(device.type, len(images)).with_views_for(policy), policy, background
+    return cfg.with_lr_resolved().with_views_for(policy), policy, background
 
 
 class StopRequested(Exception):
@@ -89,10 +88,10 @@ class Context:
 
     def __post_init__(self) -> None:
         dist, images = self.dist, self.images
-        # the steps read the resolved batch, lr, views and contrastive; the checkpoint keeps the
-        # config as given (views and contrastive as asked: they follow from the data alone)
+        # the steps read the resolved lr, views and contrastive; the checkpoint keeps the config
+        # as given
         asked = self.cfg
-        self.cfg, policy, background = loop_config(asked, images, dist.device)
+        self.cfg, policy, background = loop_config(asked, images)
         cfg = self.cfg
         self.model.to(dist.device)
         # NHWC convolutions: faster on CUDA, and on CPU from NARROW_FROM_SIDE px (not at 28 px;
