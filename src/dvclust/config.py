@@ -140,13 +140,11 @@ class Config:
         for key in ("n_clusters", "latent_dim", "batch_size", "kmeans_n_init", "update_interval",
                     "kmeans_max_samples"):
             need(_int(getattr(self, key)) and getattr(self, key) >= 1, key, "expected an integer >= 1")
-        need(self.base_channels == "auto" or (isinstance(self.base_channels, int) and not
-             isinstance(self.base_channels, bool) and self.base_channels >= 1),
+        need(self.base_channels == "auto" or (_int(self.base_channels) and self.base_channels >= 1),
              "base_channels", "expected an integer >= 1 or 'auto'")
         need(self.lr == "auto" or (_num(self.lr) and self.lr > 0), "lr",
              "expected a number > 0 or 'auto'")
-        need(self.cluster_epochs == "auto" or (isinstance(self.cluster_epochs, int) and not
-             isinstance(self.cluster_epochs, bool) and self.cluster_epochs >= 0),
+        need(self.cluster_epochs == "auto" or (_int(self.cluster_epochs) and self.cluster_epochs >= 0),
              "cluster_epochs", "expected an integer >= 0 or 'auto'")
         for key in ("pretrain_epochs", "patience", "num_threads", "seed"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key,
