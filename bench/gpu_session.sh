@@ -3,8 +3,8 @@
 # target), as one prepared call: a session that is lent a GPU runs `prepare` here, then `run` there.
 #
 #   bash bench/gpu_session.sh prepare     # here: MNIST into .devdata/, kornia's wheels into .whl/
-#   # device tool: run(command="bash bench/gpu_session.sh run", carry=[".devdata", ".whl"],
-#   #                  timeout_s=540)
+#   # device tool: run(command="bash bench/gpu_session.sh run [speed|fit]",
+#   #                  carry=[".devdata", ".whl"], timeout_s=540)
 #   bash bench/gpu_session.sh file DIR    # here: DIR = the call's files_at; rows into bench/results
 #
 # Commit first, then prepare: the rows are stamped with the commit prepare saw.
@@ -38,12 +38,18 @@ run)
     out="${OUT:-bench/results/raw}"
     wc -l < bench/results/throughput.jsonl > "$out/rows_before.txt"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
+    part="${2:-all}"  # speed, fit or all: a first call may split them
+    touch bench/results/gpu.jsonl
     {
-        python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --compile --tag gpu
-        python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --batch-size 1024 --tag gpu1024
-        python3 bench/throughput.py --sizes 128 --n 20000 --epochs 2 --batch-size 1024 --tag gpu128
-        python3 bench/bench_methods.py --runs mnist:dvc:0 mnist:dvc:1 mnist:dvc:2 \
-            'mnist:dvc[batch_size=1024]:0' --jobs 4 --threads 4 --tag gpu
+        if [ "$part" != fit ]; then
+            python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --compile --tag gpu
+            python3 bench/throughput.py --data mnist --sizes 28 --epochs 3 --batch-size 1024 --tag gpu1024
+            python3 bench/throughput.py --sizes 128 --n 20000 --epochs 2 --batch-size 1024 --tag gpu128
+        fi
+        if [ "$part" != speed ]; then
+            python3 bench/bench_methods.py --runs mnist:dvc:0 mnist:dvc:1 mnist:dvc:2 \
+                'mnist:dvc[batch_size=1024]:0' --jobs 4 --threads 4 --tag gpu
+        fi
     } 2>&1 | tee "$out/gpu_session.log"
     tail -n +"$(( $(cat "$out/rows_before.txt") + 1 ))" bench/results/throughput.jsonl > "$out/throughput.jsonl"
     cp bench/results/gpu.jsonl bench/RESULTS.md "$out/"
@@ -66,7 +72,7 @@ for tag, body in re.findall(r"<!-- ((?:throughput:cuda|bench_methods:gpu)\S*) --
 PY
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh prepare|run|file DIR" >&2
+    echo "usage: bash bench/gpu_session.sh prepare|run [speed|fit]|file DIR" >&2
     exit 2
     ;;
 esac
