@@ -64,7 +64,7 @@ def test_lr_auto_follows_the_batch():
 
 
 def test_a_run_written_with_a_plain_lr_resumes_under_auto():
-    """The checkpoint records the lr auto resolved to: a run written when lr was a plain 1e-3
+    """Resuming compares lr as the number it trains with: a run written when lr was a plain 1e-3
     resumes under `lr: auto` at its batch, and one at another lr is refused with both named."""
     from dvclust.training.checkpoint import check_resumable
 

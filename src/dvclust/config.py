@@ -147,8 +147,7 @@ class Config:
         need(self.cluster_epochs == "auto" or (_int(self.cluster_epochs) and self.cluster_epochs >= 0),
              "cluster_epochs", "expected an integer >= 0 or 'auto'")
         for key in ("pretrain_epochs", "patience", "num_threads", "seed"):
-            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key,
-                 "expected an integer >= 0")
+            need(_int(getattr(self, key)) and getattr(self, key) >= 0, key, "expected an integer >= 0")
         need(_num(self.alpha) and self.alpha > 0, "alpha", "expected a number > 0")
         for key in ("beta", "gamma", "tol", "min_delta", "balance"):
             need(_num(getattr(self, key)) and getattr(self, key) >= 0, key, "expected a number >= 0")
@@ -198,9 +197,7 @@ class Config:
 
     def with_lr_resolved(self) -> "Config":
         """This config with `lr: auto` resolved for its batch size."""
-        if self.lr != "auto":
-            return self
-        return self.replace(lr=REFERENCE_LR * math.sqrt(_batch_ratio(self.batch_size)))
+        return self if self.lr != "auto" else self.replace(lr=resolved_lr("auto", self.batch_size))
 
     def augment_for(self, shape: tuple[int, int, int], background: float) -> str | None:
         """The augmentation policy for images of `shape` (C, H, W) of which a fraction
@@ -272,6 +269,11 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise DVClustError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def resolved_lr(lr: float | str, batch_size: int) -> float:
+    """The learning rate `lr` means at `batch_size` (an explicit number means itself)."""
+    return REFERENCE_LR * math.sqrt(_batch_ratio(batch_size)) if lr == "auto" else lr
 
 
 def _batch_ratio(batch: int) -> float:

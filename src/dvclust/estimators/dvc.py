@@ -99,18 +99,15 @@ class DVC(BaseClusterer):
         fingerprint = checkpoint.data_fingerprint(data.images)
         torch.manual_seed(cfg.seed)
         model = DVCModel(data.shape, cfg)
-        # the checkpoint records the lr that `auto` resolved to, so that a run written when lr
-        # was a plain number resumes under `auto` where the two agree
-        run_cfg = cfg.with_lr_resolved()
-        ctx = Context(model, data.images, run_cfg, dist, y=data.labels, run_dir=run_dir,
+        ctx = Context(model, data.images, cfg, dist, y=data.labels, run_dir=run_dir,
                       verbose=self.verbose, stop_after=_stop_after,
-                      header=checkpoint.header(run_cfg, data.shape, len(data), fingerprint))
+                      header=checkpoint.header(cfg, data.shape, len(data), fingerprint))
         if resume:
             ckpt = run_dir / "checkpoint.pt" if run_dir is not None else None
             if ckpt is None or not ckpt.exists():
                 raise DVClustError(f"{run_dir}: nothing to resume (no checkpoint.pt)")
             saved = checkpoint.load(ckpt)
-            checkpoint.check_resumable(saved, run_cfg, data.shape, fingerprint, ckpt)
+            checkpoint.check_resumable(saved, cfg, data.shape, fingerprint, ckpt)
             checkpoint.load_weights(model, saved, ckpt)
             ctx.state = checkpoint.TrainState.from_dict(saved["state"])
             ctx.optimizer_state = saved["optimizer"]

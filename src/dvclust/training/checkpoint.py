@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import BEFORE_KEY, Config
+from ..config import BEFORE_KEY, Config, resolved_lr
 from ..errors import DVClustError
 from ..io import load_checkpoint, save_checkpoint
 from ..runtime import versions
@@ -106,12 +106,16 @@ def load_weights(model: nn.Module, saved: dict, path: str | Path) -> None:
 
 
 def check_resumable(saved: dict, cfg: Config, shape, fingerprint: str, path: str | Path) -> None:
-    # a key the checkpoint lacks came after it was written (Config.from_saved)
+    # a key the checkpoint lacks came after it was written (Config.from_saved); lr is compared as
+    # the number it trains with, so a run written when lr was a plain 1e-3 resumes under `auto`
     old = {**Config().to_dict(), **BEFORE_KEY, **saved.get("config", {})}
-    diff = sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and old.get(k) != v)
+    new = cfg.to_dict()
+    for d in (old, new):
+        d["lr"] = resolved_lr(d["lr"], d["batch_size"])
+    diff = sorted(k for k, v in new.items() if k not in RUNTIME_KEYS and old.get(k) != v)
     if diff:
         raise DVClustError(f"{path}: cannot resume with a different config "
-                           f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}' for k in diff)})")
+                           f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
     if saved.get("fingerprint") != fingerprint or list(saved.get("shape", [])) != list(shape):
         raise DVClustError(f"{path}: cannot resume on different data (the checkpoint was trained "
                            f"on {saved.get('n_samples')} images of {saved.get('shape')})")
